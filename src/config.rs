@@ -1,0 +1,1218 @@
+//! Config files: serde types shaped like the files, compiled into validated types.
+//!
+//! `config/gateway.toml` becomes a [`GatewayConfig`]; every `*.toml` in the registry dir becomes a
+//! [`HostPolicy`], and all of them together a [`Registry`]. Every error names the file, line,
+//! column and field (`config/hosts/paris.toml:14:3: cookie[2]: set either name or prefix, not
+//! both`). Unknown fields are errors, so a typo never silently weakens the policy. Relative paths
+//! are resolved against the directory of the file that names them.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use crate::consent::{ConsentSpec, Format};
+use crate::host::{HostPattern, HostTable};
+use crate::registry::{
+    CookieEntry, CookieMatcher, HostPolicy, Mode, Registry, UnknownCookies, Upstream, NECESSARY,
+};
+
+/// One configuration error, with its place. `line` and `column` are 1-based.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, thiserror::Error)]
+#[error("{}:{line}:{column}: {message}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Several errors, printed one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A file's text, to turn byte spans into line and column.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = self.text.get(..offset).unwrap_or(self.text);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+        (line, column)
+    }
+
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let (line, column) = self.position(span.start);
+        ConfigError {
+            file: self.path.to_owned(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        // toml's messages may span lines ("invalid array\nexpected `]`"): one line per error.
+        let msg: Vec<&str> = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        self.error(
+            e.span().unwrap_or(0..0),
+            msg.join(": ").trim_end_matches('.').to_owned(),
+        )
+    }
+}
+
+/// An error with no better place than the start of a file (it cannot be read at all).
+fn file_error(path: &Path, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: path.to_owned(),
+        line: 1,
+        column: 1,
+        message: message.into(),
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+fn base_dir(file: &Path) -> PathBuf {
+    file.parent().map(Path::to_owned).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// gateway.toml
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    listen: Spanned<RawListen>,
+    tls: Option<Spanned<RawTls>>,
+    admin: Option<RawAdmin>,
+    registry: Option<RawRegistryDir>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    proxy: RawProxy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    http: Option<Spanned<String>>,
+    https: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certs_dir: Spanned<String>,
+    default_cert: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistryDir {
+    dir: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    header_read_timeout: Option<Spanned<String>>,
+    upstream_connect_timeout: Option<Spanned<String>>,
+    upstream_response_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    max_header_bytes: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
+    shutdown_grace: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
+}
+
+/// `[limits]`, with production defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Time a client has to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Time to open a connection to an upstream.
+    pub upstream_connect_timeout: Duration,
+    /// Time an upstream has to send its response headers.
+    pub upstream_response_timeout: Duration,
+    /// Longest quiet spell on a connection or a streaming body.
+    pub idle_timeout: Duration,
+    /// Largest request head accepted (431 beyond).
+    pub max_header_bytes: usize,
+    /// Most client connections open at once.
+    pub max_connections: usize,
+    /// Time in-flight requests get to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            upstream_connect_timeout: Duration::from_secs(3),
+            upstream_response_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 65_536,
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Smallest `max_header_bytes` accepted (hyper's smallest read buffer).
+pub const MIN_HEADER_BYTES: i64 = 8192;
+/// Largest `max_header_bytes` accepted.
+pub const MAX_HEADER_BYTES: i64 = 1 << 24;
+
+/// `[tls]`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub certs_dir: PathBuf,
+    pub default_cert: Option<String>,
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR (as in \"10.0.0.0/8\")"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0 to {max}"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+/// `config/gateway.toml`, compiled.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The file it was read from.
+    pub file: PathBuf,
+    pub listen_http: Option<SocketAddr>,
+    pub listen_https: Option<SocketAddr>,
+    pub tls: Option<TlsConfig>,
+    pub admin: Option<SocketAddr>,
+    /// The registry directory (resolved against the file's directory).
+    pub registry_dir: PathBuf,
+    pub limits: Limits,
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// Parses a duration such as `10s`, `500ms`, `1m30s` or `2h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!("invalid duration {s:?}: expected a whole number followed by ms, s, m or h, as in \"10s\"")
+    };
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total = total.saturating_add(part);
+    }
+    Ok(total)
+}
+
+/// Reads and validates the gateway file.
+pub fn load_gateway(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors(vec![file_error(path, format!("cannot read file: {e}"))]))?;
+    parse_gateway(path, &text)
+}
+
+/// Validates the gateway file's text (`path` names it in errors and anchors relative paths).
+pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErrors> {
+    let src = Source { path, text };
+    let raw: RawGateway =
+        toml::from_str(text).map_err(|e| ConfigErrors(vec![src.toml_error(&e)]))?;
+    let base = base_dir(path);
+    let mut errors = Vec::new();
+
+    let addr = |field: &str, v: &Spanned<String>, errors: &mut Vec<ConfigError>| {
+        v.get_ref()
+            .trim()
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                errors.push(src.error(
+                    v.span(),
+                    format!(
+                        "{field}: {:?} is not an address and port, as in \"0.0.0.0:8080\"",
+                        v.get_ref()
+                    ),
+                ));
+            })
+            .ok()
+    };
+    let listen = raw.listen.get_ref();
+    let listen_http = listen
+        .http
+        .as_ref()
+        .and_then(|v| addr("listen.http", v, &mut errors));
+    let listen_https = listen
+        .https
+        .as_ref()
+        .and_then(|v| addr("listen.https", v, &mut errors));
+    if listen.http.is_none() && listen.https.is_none() {
+        errors.push(src.error(raw.listen.span(), "listen: set http, https or both"));
+    }
+    if listen.https.is_some() && raw.tls.is_none() {
+        errors.push(src.error(
+            raw.listen.span(),
+            "listen.https: needs a [tls] table with certs_dir",
+        ));
+    }
+    let admin = raw
+        .admin
+        .as_ref()
+        .and_then(|a| addr("admin.listen", &a.listen, &mut errors));
+    let tls = raw.tls.as_ref().map(|t| {
+        let t = t.get_ref();
+        TlsConfig {
+            certs_dir: resolve(&base, t.certs_dir.get_ref()),
+            default_cert: t.default_cert.as_ref().map(|d| d.get_ref().clone()),
+        }
+    });
+    let registry_dir = resolve(
+        &base,
+        raw.registry
+            .as_ref()
+            .map_or("hosts", |r| r.dir.get_ref().as_str()),
+    );
+
+    let mut limits = Limits::default();
+    let l = &raw.limits;
+    let durations: [(&str, &Option<Spanned<String>>, &mut Duration); 5] = [
+        (
+            "limits.header_read_timeout",
+            &l.header_read_timeout,
+            &mut limits.header_read_timeout,
+        ),
+        (
+            "limits.upstream_connect_timeout",
+            &l.upstream_connect_timeout,
+            &mut limits.upstream_connect_timeout,
+        ),
+        (
+            "limits.upstream_response_timeout",
+            &l.upstream_response_timeout,
+            &mut limits.upstream_response_timeout,
+        ),
+        (
+            "limits.idle_timeout",
+            &l.idle_timeout,
+            &mut limits.idle_timeout,
+        ),
+        (
+            "limits.shutdown_grace",
+            &l.shutdown_grace,
+            &mut limits.shutdown_grace,
+        ),
+    ];
+    for (field, value, slot) in durations {
+        let Some(v) = value else { continue };
+        match parse_duration(v.get_ref()) {
+            Ok(d) if d.is_zero() && field != "limits.shutdown_grace" => {
+                errors.push(src.error(v.span(), format!("{field}: must be more than zero")));
+            }
+            Ok(d) => *slot = d,
+            Err(e) => errors.push(src.error(v.span(), format!("{field}: {e}"))),
+        }
+    }
+    if let Some(v) = &l.max_header_bytes {
+        match usize::try_from(*v.get_ref()) {
+            Ok(n) if (MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(v.get_ref()) => {
+                limits.max_header_bytes = n
+            }
+            _ => errors.push(src.error(
+                v.span(),
+                format!(
+                    "limits.max_header_bytes: must be {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES}"
+                ),
+            )),
+        }
+    }
+    if let Some(v) = &l.max_connections {
+        match usize::try_from(*v.get_ref()) {
+            Ok(n) if n > 0 => limits.max_connections = n,
+            _ => errors.push(src.error(v.span(), "limits.max_connections: must be at least 1")),
+        }
+    }
+    let mut trusted_proxies = Vec::new();
+    for (i, v) in raw.proxy.trusted_proxies.iter().enumerate() {
+        match v.get_ref().parse::<Cidr>() {
+            Ok(c) => trusted_proxies.push(c),
+            Err(e) => errors.push(src.error(v.span(), format!("proxy.trusted_proxies[{i}]: {e}"))),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(GatewayConfig {
+        file: path.to_owned(),
+        listen_http,
+        listen_https,
+        tls,
+        admin,
+        registry_dir,
+        limits,
+        trusted_proxies,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// hosts/*.toml
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHostFile {
+    hosts: Spanned<Vec<Spanned<String>>>,
+    upstream: Spanned<String>,
+    upstream_host: Option<Spanned<String>>,
+    upstream_ca: Option<Spanned<String>>,
+    mode: Option<Mode>,
+    unknown_cookies: Option<UnknownCookies>,
+    #[serde(default)]
+    gpc: Vec<Spanned<String>>,
+    strip_request_cookies: Option<bool>,
+    purge: Option<bool>,
+    purge_unknown: Option<Spanned<bool>>,
+    consent: Option<RawConsent>,
+    #[serde(default, rename = "cookie")]
+    cookies: Vec<Spanned<RawCookie>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsent {
+    cookie: Option<Spanned<String>>,
+    format: Option<Format>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCookie {
+    name: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+    category: Spanned<String>,
+    consent: Option<Spanned<Keys>>,
+    provider: Option<String>,
+    function: Option<String>,
+    purpose: Option<String>,
+    #[serde(default)]
+    domains: Vec<Spanned<String>>,
+    path: Option<Spanned<String>>,
+}
+
+/// `consent = "ga"` or `consent = ["ga", "C0002"]`.
+struct Keys(Vec<String>);
+
+impl<'de> Deserialize<'de> for Keys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Keys;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a consent key or a list of consent keys")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Keys, E> {
+                Ok(Keys(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Keys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = seq.next_element::<String>()? {
+                    keys.push(k);
+                }
+                Ok(Keys(keys))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// RFC 6265 `token`: visible ASCII except separators.
+fn is_cookie_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
+fn is_category_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
+fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    let bad = |why: &str| format!("{s:?} is not an absolute http:// or https:// URL: {why}");
+    let uri: http::Uri = s.trim().parse().map_err(|_| bad("it does not parse"))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => http::uri::Scheme::HTTP,
+        Some("https") => http::uri::Scheme::HTTPS,
+        Some(_) => return Err(bad("the scheme must be http or https")),
+        None => return Err(bad("it has no scheme")),
+    };
+    let authority = uri.authority().ok_or_else(|| bad("it has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("user information is not allowed"));
+    }
+    if authority.host().is_empty() {
+        return Err(bad("it has no host"));
+    }
+    if uri
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
+    {
+        return Err(bad(
+            "a path or query is not supported; requests keep their own path",
+        ));
+    }
+    let port = authority
+        .port_u16()
+        .unwrap_or(if scheme == http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        });
+    let authority = format!("{}:{port}", authority.host())
+        .parse()
+        .map_err(|_| bad("the host does not parse"))?;
+    Ok(Upstream { scheme, authority })
+}
+
+/// A compiled host file and where each of its host patterns was written (for duplicate errors
+/// across files).
+struct CompiledFile {
+    policy: HostPolicy,
+    host_spans: Vec<Range<usize>>,
+}
+
+/// Compiles one registry file's text.
+pub fn parse_host_file(path: &Path, text: &str) -> Result<HostPolicy, ConfigErrors> {
+    compile_host_file(path, text).map(|c| c.policy)
+}
+
+fn compile_host_file(path: &Path, text: &str) -> Result<CompiledFile, ConfigErrors> {
+    let src = Source { path, text };
+    let raw: RawHostFile =
+        toml::from_str(text).map_err(|e| ConfigErrors(vec![src.toml_error(&e)]))?;
+    let base = base_dir(path);
+    let mut errors = Vec::new();
+
+    // hosts
+    let mut hosts = Vec::new();
+    let mut host_spans = Vec::new();
+    let mut seen = HostTable::default();
+    if raw.hosts.get_ref().is_empty() {
+        errors.push(src.error(raw.hosts.span(), "hosts: list at least one host name"));
+    }
+    for (i, h) in raw.hosts.get_ref().iter().enumerate() {
+        match h.get_ref().parse::<HostPattern>() {
+            Ok(p) => {
+                if seen.insert(p.clone(), i).is_some() {
+                    errors.push(src.error(h.span(), format!("hosts[{i}]: {p} is listed twice")));
+                } else {
+                    hosts.push(p);
+                    host_spans.push(h.span());
+                }
+            }
+            Err(e) => errors.push(src.error(h.span(), format!("hosts[{i}]: {e}"))),
+        }
+    }
+
+    // upstream
+    let upstream = parse_upstream(raw.upstream.get_ref())
+        .map_err(|e| errors.push(src.error(raw.upstream.span(), format!("upstream: {e}"))))
+        .ok();
+    let upstream_host = raw.upstream_host.as_ref().and_then(|v| {
+        let ok = v
+            .get_ref()
+            .parse::<http::uri::Authority>()
+            .ok()
+            .filter(|a| !a.as_str().contains('@'));
+        match ok.and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
+            Some(hv) => Some(hv),
+            None => {
+                errors.push(src.error(
+                    v.span(),
+                    format!(
+                        "upstream_host: {:?} is not a host name (with an optional port)",
+                        v.get_ref()
+                    ),
+                ));
+                None
+            }
+        }
+    });
+    let upstream_ca = raw.upstream_ca.as_ref().map(|v| {
+        let p = resolve(&base, v.get_ref());
+        if upstream.as_ref().is_some_and(|u| !u.is_tls()) {
+            errors.push(src.error(v.span(), "upstream_ca: only used with an https:// upstream"));
+        } else if !p.is_file() {
+            errors.push(src.error(
+                v.span(),
+                format!("upstream_ca: cannot read {}", p.display()),
+            ));
+        }
+        p
+    });
+
+    // consent
+    let format = raw
+        .consent
+        .as_ref()
+        .and_then(|c| c.format)
+        .unwrap_or(Format::Json);
+    let consent_cookie = match raw.consent.as_ref().and_then(|c| c.cookie.as_ref()) {
+        Some(c) if !is_cookie_name(c.get_ref()) => {
+            errors.push(src.error(
+                c.span(),
+                format!(
+                    "consent.cookie: {:?} is not a valid cookie name",
+                    c.get_ref()
+                ),
+            ));
+            c.get_ref().clone()
+        }
+        Some(c) => c.get_ref().clone(),
+        None => format.default_cookie().to_owned(),
+    };
+    let consent = ConsentSpec {
+        cookie: consent_cookie,
+        format,
+    };
+
+    let mode = raw.mode.unwrap_or(Mode::Enforce);
+    let unknown_cookies = raw.unknown_cookies.unwrap_or(UnknownCookies::Drop);
+    let purge_unknown = raw.purge_unknown.as_ref().is_some_and(|v| *v.get_ref());
+    if let Some(v) = &raw.purge_unknown {
+        if *v.get_ref() && unknown_cookies == UnknownCookies::Keep {
+            errors.push(src.error(v.span(), "purge_unknown: needs unknown_cookies = \"drop\""));
+        }
+    }
+
+    // cookies
+    let mut cookies: Vec<CookieEntry> = Vec::new();
+    let mut names: std::collections::HashMap<(bool, String), usize> =
+        std::collections::HashMap::new();
+    for (i, c) in raw.cookies.iter().enumerate() {
+        let span = c.span();
+        let c = c.get_ref();
+        let at = format!("cookie[{i}]");
+        let matcher = match (&c.name, &c.prefix) {
+            (Some(_), Some(p)) => {
+                errors.push(src.error(
+                    p.span(),
+                    format!("{at}: set either name or prefix, not both"),
+                ));
+                continue;
+            }
+            (None, None) => {
+                errors.push(src.error(span.clone(), format!("{at}: set either name or prefix")));
+                continue;
+            }
+            (Some(n), None) => (n, false),
+            (None, Some(p)) => (p, true),
+        };
+        let (value, is_prefix) = matcher;
+        let what = if is_prefix { "prefix" } else { "name" };
+        if !is_cookie_name(value.get_ref()) {
+            errors.push(src.error(
+                value.span(),
+                format!("{at}: {what} {:?} is not a valid cookie name (no spaces, quotes or separators)", value.get_ref()),
+            ));
+            continue;
+        }
+        if let Some(first) = names.insert((is_prefix, value.get_ref().clone()), i) {
+            errors.push(src.error(
+                value.span(),
+                format!(
+                    "{at}: {what} {:?} is already listed by cookie[{first}]",
+                    value.get_ref()
+                ),
+            ));
+            continue;
+        }
+        let category = c.category.get_ref().trim().to_owned();
+        if !is_category_name(&category) {
+            errors.push(src.error(
+                c.category.span(),
+                format!("{at}: category {category:?} must be letters, digits, '_', '-' or '.'"),
+            ));
+            continue;
+        }
+        if !is_prefix
+            && consent.is_consent_cookie(value.get_ref().as_bytes())
+            && category != NECESSARY
+        {
+            errors.push(src.error(
+                c.category.span(),
+                format!(
+                    "{at}: {:?} is the consent cookie, which is always necessary",
+                    value.get_ref()
+                ),
+            ));
+            continue;
+        }
+        let keys = match &c.consent {
+            None => vec![category.clone()],
+            Some(k)
+                if k.get_ref().0.is_empty()
+                    || k.get_ref().0.iter().any(|s| s.trim().is_empty()) =>
+            {
+                errors.push(src.error(
+                    k.span(),
+                    format!("{at}: consent keys must be non-empty strings"),
+                ));
+                continue;
+            }
+            Some(k) => k.get_ref().0.clone(),
+        };
+        let mut domains = Vec::new();
+        for (j, d) in c.domains.iter().enumerate() {
+            let bare = d.get_ref().trim().trim_start_matches('.');
+            match bare.parse::<HostPattern>() {
+                Ok(HostPattern::Exact(_)) => domains.push(d.get_ref().trim().to_ascii_lowercase()),
+                _ => errors.push(src.error(
+                    d.span(),
+                    format!("{at}: domains[{j}]: {:?} is not a domain name", d.get_ref()),
+                )),
+            }
+        }
+        let path = match &c.path {
+            None => "/".to_owned(),
+            Some(p)
+                if p.get_ref().starts_with('/')
+                    && p.get_ref()
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b';') =>
+            {
+                p.get_ref().clone()
+            }
+            Some(p) => {
+                errors.push(src.error(
+                    p.span(),
+                    format!(
+                        "{at}: path {:?} must start with '/' and hold no ';' or spaces",
+                        p.get_ref()
+                    ),
+                ));
+                continue;
+            }
+        };
+        cookies.push(CookieEntry {
+            matcher: if is_prefix {
+                CookieMatcher::Prefix(value.get_ref().clone())
+            } else {
+                CookieMatcher::Name(value.get_ref().clone())
+            },
+            necessary: category == NECESSARY,
+            refused_by_gpc: false,
+            category,
+            consent: keys,
+            provider: c.provider.clone(),
+            function: c.function.clone(),
+            purpose: c.purpose.clone(),
+            domains,
+            path,
+        });
+    }
+
+    // gpc: every category must be one the file uses, and never necessary.
+    let mut gpc = Vec::new();
+    for (i, g) in raw.gpc.iter().enumerate() {
+        let name = g.get_ref().trim();
+        if name == NECESSARY {
+            errors.push(src.error(
+                g.span(),
+                format!("gpc[{i}]: \"necessary\" needs no consent and cannot be refused"),
+            ));
+        } else if !cookies.iter().any(|c| c.category == name) {
+            errors.push(src.error(
+                g.span(),
+                format!("gpc[{i}]: no cookie entry has category {name:?}"),
+            ));
+        } else {
+            gpc.push(name.to_owned());
+        }
+    }
+    for c in &mut cookies {
+        c.refused_by_gpc = gpc.contains(&c.category);
+    }
+
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let Some(upstream) = upstream else {
+        // Unreachable: a failed upstream pushed an error above.
+        return Err(ConfigErrors(vec![
+            src.error(raw.upstream.span(), "upstream: invalid")
+        ]));
+    };
+    let policy = HostPolicy::new(
+        path.to_owned(),
+        hosts,
+        upstream,
+        upstream_host,
+        upstream_ca,
+        mode,
+        unknown_cookies,
+        raw.strip_request_cookies.unwrap_or(true),
+        raw.purge.unwrap_or(true),
+        purge_unknown,
+        consent,
+        gpc,
+        cookies,
+    );
+    Ok(CompiledFile { policy, host_spans })
+}
+
+/// The `*.toml` files of a registry directory, sorted by name. Hidden entries (Kubernetes'
+/// `..data` and `..2026_…` directories among them) are skipped; symlinks are followed.
+pub fn registry_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') || !name.ends_with(".toml") {
+            continue;
+        }
+        let path = entry.path();
+        if std::fs::metadata(&path)
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+        {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Loads and compiles every file of a registry directory. All errors of all files are returned.
+pub fn load_registry(dir: &Path) -> Result<Registry, ConfigErrors> {
+    let files = registry_files(dir).map_err(|e| {
+        ConfigErrors(vec![file_error(
+            dir,
+            format!("cannot read registry directory: {e}"),
+        )])
+    })?;
+    if files.is_empty() {
+        return Err(ConfigErrors(vec![file_error(
+            dir,
+            "registry directory holds no *.toml file: every request would be refused",
+        )]));
+    }
+    let mut texts = Vec::new();
+    let mut errors = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(&f) {
+            Ok(t) => texts.push((f, t)),
+            Err(e) => errors.push(file_error(&f, format!("cannot read file: {e}"))),
+        }
+    }
+    let registry = compile_registry(&texts);
+    match registry {
+        Ok(r) if errors.is_empty() => Ok(r),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(ConfigErrors(mut more)) => {
+            errors.append(&mut more);
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Compiles a registry from `(path, text)` pairs (sorted by path by the caller): every file, the
+/// cross-file checks, and the digest.
+pub fn compile_registry(files: &[(PathBuf, String)]) -> Result<Registry, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut policies = Vec::new();
+    let mut owners: HostTable<PathBuf> = HostTable::default();
+    let mut hasher = Sha256::new();
+    for (path, text) in files {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((text.len() as u64).to_le_bytes());
+        hasher.update(text.as_bytes());
+        match compile_host_file(path, text) {
+            Err(ConfigErrors(mut e)) => errors.append(&mut e),
+            Ok(c) => {
+                let src = Source { path, text };
+                let mut duplicate = false;
+                for (pattern, span) in c.policy.hosts.iter().zip(&c.host_spans) {
+                    if let Some(first) = owners.insert(pattern.clone(), path.clone()) {
+                        errors.push(src.error(
+                            span.clone(),
+                            format!("hosts: {pattern} is already served by {}", first.display()),
+                        ));
+                        duplicate = true;
+                    }
+                }
+                if !duplicate {
+                    policies.push(c.policy);
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let digest = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Registry::new(policies, digest))
+}
+
+/// Loads the gateway file and its registry.
+pub fn load(path: &Path) -> Result<(GatewayConfig, Registry), ConfigErrors> {
+    let gateway = load_gateway(path)?;
+    let registry = load_registry(&gateway.registry_dir)?;
+    Ok((gateway, registry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_err(text: &str) -> String {
+        match parse_host_file(Path::new("hosts/t.toml"), text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const HEAD: &str = "hosts = [\"t.example\"]\nupstream = \"http://127.0.0.1:8000\"\n";
+
+    #[test]
+    fn durations_parse() {
+        let cases = [
+            ("10s", 10_000),
+            ("500ms", 500),
+            ("1m30s", 90_000),
+            ("2h", 7_200_000),
+            (" 3s ", 3000),
+        ];
+        for (s, ms) in cases {
+            assert_eq!(parse_duration(s), Ok(Duration::from_millis(ms)), "{s}");
+        }
+        for s in ["", "10", "s", "10 s", "1.5s", "-1s", "10sec", "10S"] {
+            assert!(parse_duration(s).is_err(), "{s:?} accepted");
+        }
+    }
+
+    #[test]
+    fn cidrs_parse_and_match() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.0.0.1".parse().unwrap()));
+        let one: Cidr = "127.0.0.1".parse().unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        for s in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+            assert!(s.parse::<Cidr>().is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn positions_are_line_and_column() {
+        let text = format!("{HEAD}\n[[cookie]]\nname = \"a\"\ncategory = \"x\"\n\n[[cookie]]\ncategory = \"y\"\nname = \"b\"\nprefix = \"c\"\n");
+        assert_eq!(
+            host_err(&text),
+            "hosts/t.toml:11:10: cookie[1]: set either name or prefix, not both"
+        );
+    }
+
+    #[test]
+    fn neither_name_nor_prefix_points_at_the_entry() {
+        let text = format!("{HEAD}[[cookie]]\ncategory = \"x\"\n");
+        let e = host_err(&text);
+        assert!(e.starts_with("hosts/t.toml:"), "{e}");
+        assert!(e.ends_with("cookie[0]: set either name or prefix"), "{e}");
+        let line: usize = e.split(':').nth(1).unwrap().parse().unwrap();
+        assert!((3..=4).contains(&line), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_an_error() {
+        let e = host_err(&format!(
+            "{HEAD}[[cookie]]\nname = \"a\"\ncategory = \"x\"\ncategroy = \"y\"\n"
+        ));
+        assert!(
+            e.starts_with("hosts/t.toml:6:1: unknown field `categroy`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn each_invalid_host_file_is_refused_with_its_place() {
+        let cases: Vec<(String, &str)> = vec![
+            ("hosts = []\nupstream = \"http://a:1\"\n".into(), "1:9: hosts: list at least one host name"),
+            ("hosts = [\"\"]\nupstream = \"http://a:1\"\n".into(), "1:10: hosts[0]: host pattern is empty"),
+            ("hosts = [\"a.*.b\"]\nupstream = \"http://a:1\"\n".into(), "1:10: hosts[0]: host pattern \"a.*.b\""),
+            ("hosts = [\"a\", \"A.\"]\nupstream = \"http://a:1\"\n".into(), "1:15: hosts[1]: a is listed twice"),
+            ("hosts = [\"a\"]\nupstream = \"ftp://a:1\"\n".into(), "2:12: upstream: \"ftp://a:1\" is not an absolute"),
+            ("hosts = [\"a\"]\nupstream = \"a:1\"\n".into(), "2:12: upstream: \"a:1\" is not an absolute"),
+            ("hosts = [\"a\"]\nupstream = \"http://a:1/x\"\n".into(), "2:12: upstream: \"http://a:1/x\" is not an absolute"),
+            (format!("{HEAD}mode = \"enforcing\"\n"), "3:8: unknown variant `enforcing`, expected `enforce` or `report-only`"),
+            (format!("{HEAD}[[cookie]]\nname = \"a\"\ncategory = \"x\"\n[[cookie]]\nname = \"a\"\ncategory = \"y\"\n"), "7:8: cookie[1]: name \"a\" is already listed by cookie[0]"),
+            (format!("{HEAD}[[cookie]]\nname = \"a b\"\ncategory = \"x\"\n"), "4:8: cookie[0]: name \"a b\" is not a valid cookie name"),
+            (format!("{HEAD}[[cookie]]\nname = \"cookies_preferences\"\ncategory = \"x\"\n"), "5:12: cookie[0]: \"cookies_preferences\" is the consent cookie"),
+            (format!("{HEAD}gpc = [\"marketting\"]\n[[cookie]]\nname = \"a\"\ncategory = \"marketing\"\n"), "3:8: gpc[0]: no cookie entry has category \"marketting\""),
+            (format!("{HEAD}gpc = [\"necessary\"]\n"), "3:8: gpc[0]: \"necessary\" needs no consent"),
+            (format!("{HEAD}unknown_cookies = \"keep\"\npurge_unknown = true\n"), "4:17: purge_unknown: needs unknown_cookies = \"drop\""),
+            (format!("{HEAD}upstream_ca = \"ca.pem\"\n"), "3:15: upstream_ca: only used with an https:// upstream"),
+            (format!("{HEAD}[[cookie]]\nname = \"a\"\ncategory = \"x\"\nconsent = []\n"), "6:11: cookie[0]: consent keys must be non-empty strings"),
+            (format!("{HEAD}[[cookie]]\nname = \"a\"\ncategory = \"x\"\npath = \"x\"\n"), "6:8: cookie[0]: path \"x\" must start with '/'"),
+            (format!("{HEAD}[[cookie]]\nname = \"a\"\ncategory = \"x\"\ndomains = [\"*.x\"]\n"), "6:12: cookie[0]: domains[0]: \"*.x\" is not a domain name"),
+            ("hosts = [\"a\"\n".into(), "2:1: invalid array: expected `]`"),
+        ];
+        for (text, want) in cases {
+            let e = host_err(&text);
+            let want = format!("hosts/t.toml:{want}");
+            assert!(e.starts_with(&want), "want {want:?}\n got {e:?}");
+        }
+    }
+
+    #[test]
+    fn duplicate_host_across_files_names_both() {
+        let files = vec![
+            (
+                PathBuf::from("hosts/a.toml"),
+                "hosts = [\"x.example\"]\nupstream = \"http://a:1\"\n".to_owned(),
+            ),
+            (
+                PathBuf::from("hosts/b.toml"),
+                "hosts = [\"y.example\", \"X.example.\"]\nupstream = \"http://a:1\"\n".to_owned(),
+            ),
+        ];
+        let e = compile_registry(&files).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "hosts/b.toml:1:23: hosts: x.example is already served by hosts/a.toml"
+        );
+    }
+
+    #[test]
+    fn defaults_are_fail_closed() {
+        let p = parse_host_file(Path::new("t.toml"), HEAD).unwrap();
+        assert_eq!(p.mode, Mode::Enforce);
+        assert_eq!(p.unknown_cookies, UnknownCookies::Drop);
+        assert!(p.strip_request_cookies && p.purge && !p.purge_unknown);
+        assert_eq!(p.consent.cookie, "cookies_preferences");
+        assert_eq!(p.upstream.authority.as_str(), "127.0.0.1:8000");
+    }
+
+    #[test]
+    fn consent_keys_default_to_category_and_accept_one_or_many() {
+        let text = format!(
+            "{HEAD}[[cookie]]\nname = \"a\"\ncategory = \"statistical\"\n[[cookie]]\nname = \"b\"\ncategory = \"s\"\nconsent = \"ga\"\n[[cookie]]\nname = \"c\"\ncategory = \"s\"\nconsent = [\"ga\", \"C0002\"]\n"
+        );
+        let p = parse_host_file(Path::new("t.toml"), &text).unwrap();
+        let keys: Vec<Vec<String>> = p.cookies.iter().map(|c| c.consent.clone()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                vec!["statistical".to_owned()],
+                vec!["ga".into()],
+                vec!["ga".into(), "C0002".into()]
+            ]
+        );
+    }
+
+    #[test]
+    fn upstream_gets_default_port() {
+        assert_eq!(
+            parse_upstream("https://origin.internal")
+                .unwrap()
+                .authority
+                .as_str(),
+            "origin.internal:443"
+        );
+        assert_eq!(
+            parse_upstream("http://origin.internal/")
+                .unwrap()
+                .authority
+                .as_str(),
+            "origin.internal:80"
+        );
+        assert!(parse_upstream("http://user@origin").is_err());
+    }
+
+    fn gw_err(text: &str) -> String {
+        parse_gateway(Path::new("config/gateway.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn gateway_file_errors_name_their_place() {
+        let cases = [
+            (
+                "[listen]\nhttp = \"nope\"\n",
+                "config/gateway.toml:2:8: listen.http: \"nope\" is not an address",
+            ),
+            (
+                "[listen]\n",
+                "config/gateway.toml:1:1: listen: set http, https or both",
+            ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[limits]\nidle_timeout = \"10 sec\"\n",
+                "config/gateway.toml:4:16: limits.idle_timeout: invalid duration \"10 sec\"",
+            ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[limits]\nmax_header_bytes = 10\n",
+                "config/gateway.toml:4:20: limits.max_header_bytes: must be 8192",
+            ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[proxy]\ntrusted_proxies = [\"10/8\"]\n",
+                "config/gateway.toml:4:20: proxy.trusted_proxies[0]:",
+            ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\nextra = 1\n",
+                "config/gateway.toml:3:1: unknown field `extra`",
+            ),
+            (
+                "[listen]\nhttps = \"127.0.0.1:1\"\n",
+                "config/gateway.toml:1:1: listen.https: needs a [tls] table",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = gw_err(text);
+            assert!(e.starts_with(want), "want {want:?}\n got {e:?}");
+        }
+    }
+
+    #[test]
+    fn gateway_paths_resolve_against_its_directory() {
+        let g = parse_gateway(
+            Path::new("/etc/cg/gateway.toml"),
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[registry]\ndir = \"hosts\"\n[limits]\nidle_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(g.registry_dir, PathBuf::from("/etc/cg/hosts"));
+        assert_eq!(g.limits.idle_timeout, Duration::from_secs(5));
+        assert_eq!(g.limits.max_connections, 10_000);
+    }
+}

@@ -1,0 +1,117 @@
+//! Format `json`: Opendatasoft's `cookies_preferences`.
+//!
+//! The value is a JSON object (keys whose value is `true` are granted; anything else, such as the
+//! `timestamp` number, grants nothing) or a JSON array of key strings. It arrives raw or
+//! percent-encoded (`encodeURIComponent(JSON.stringify(prefs))`, as the portals write it).
+
+use percent_encoding::percent_decode;
+use serde_json::Value;
+
+use super::Granted;
+
+/// Decodes a `cookies_preferences` value; `None` when it is neither an object nor an array.
+pub fn decode(value: &[u8]) -> Option<Granted> {
+    let value = value.trim_ascii();
+    // A cookie value may be wrapped in double quotes (RFC 6265 cookie-value).
+    let value = match value {
+        [b'"', inner @ .., b'"'] => inner,
+        v => v,
+    };
+    match value.first() {
+        Some(b'{' | b'[') => from_json(value),
+        Some(_) if value.contains(&b'%') => {
+            let decoded: Vec<u8> = percent_decode(value).collect();
+            match decoded.trim_ascii().first() {
+                Some(b'{' | b'[') => from_json(&decoded),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn from_json(bytes: &[u8]) -> Option<Granted> {
+    match serde_json::from_slice::<Value>(bytes).ok()? {
+        Value::Object(map) => Some(Granted::from_keys(
+            map.into_iter()
+                .filter(|(_, v)| *v == Value::Bool(true))
+                .map(|(k, _)| k),
+        )),
+        Value::Array(items) => Some(Granted::from_keys(items.into_iter().filter_map(
+            |v| match v {
+                Value::String(s) => Some(s),
+                _ => None,
+            },
+        ))),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(v: &str) -> Option<Vec<String>> {
+        decode(v.as_bytes()).map(|g| g.keys().map(str::to_owned).collect())
+    }
+
+    #[test]
+    fn object_grants_keys_set_true() {
+        // The shape Opendatasoft portals write (see ../shared/bench/README.md).
+        assert_eq!(
+            keys(r#"{"ga":true,"matomo":false,"timestamp":1718000000000}"#),
+            Some(vec!["ga".to_owned()])
+        );
+    }
+
+    #[test]
+    fn percent_encoded_object_is_decoded() {
+        assert_eq!(
+            keys(
+                "%7B%22necessary%22%3Atrue%2C%22statistical%22%3Afalse%2C%22marketing%22%3Atrue%7D"
+            ),
+            Some(vec!["marketing".to_owned(), "necessary".to_owned()])
+        );
+    }
+
+    #[test]
+    fn array_grants_its_strings() {
+        assert_eq!(
+            keys(r#"["ga","xiti",3,null]"#),
+            Some(vec!["ga".to_owned(), "xiti".to_owned()])
+        );
+        assert_eq!(keys("%5B%22piano%22%5D"), Some(vec!["piano".to_owned()]));
+    }
+
+    #[test]
+    fn truthy_values_other_than_true_grant_nothing() {
+        assert_eq!(
+            keys(r#"{"ga":1,"matomo":"true","xiti":{"on":true}}"#),
+            Some(vec![])
+        );
+    }
+
+    #[test]
+    fn quoted_value_is_unwrapped() {
+        assert_eq!(keys(r#""{"ga":true}""#), Some(vec!["ga".to_owned()]));
+    }
+
+    #[test]
+    fn anything_else_does_not_decode() {
+        for v in [
+            "",
+            "true",
+            "\"ga\"",
+            "42",
+            "{",
+            "{\"ga\":tru}",
+            "%7B",
+            "%ZZ",
+            "ga=true",
+            "null",
+            "%22ga%22",
+        ] {
+            assert_eq!(keys(v), None, "{v:?}");
+        }
+    }
+}

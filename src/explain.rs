@@ -1,0 +1,93 @@
+//! `consent-gateway explain`: the proxy's filter run on headers given on the command line.
+//!
+//! The request's consent is read by [`request_consent`] and the response filtered by
+//! [`crate::filter::filter_set_cookies`], the two functions the proxy calls.
+
+use http::header::{COOKIE, SET_COOKIE};
+use http::{HeaderMap, HeaderValue};
+
+use crate::consent::Consent;
+use crate::filter::{filter_set_cookies, response_consent};
+use crate::registry::HostPolicy;
+
+/// The consent a request carries for a host: its `Cookie` header(s) and `Sec-GPC`.
+pub fn request_consent(policy: &HostPolicy, headers: &HeaderMap) -> Consent {
+    let gpc = crate::consent::gpc_requested(headers.get_all("sec-gpc"));
+    policy.consent.from_request(
+        crate::request_cookies::all_pairs(headers.get_all(COOKIE)),
+        gpc,
+    )
+}
+
+/// One explained `Set-Cookie`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub verdict: &'static str,
+    pub name: String,
+    pub category: String,
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// Explains how `policy` treats `set_cookies` for a request with `cookie` and `gpc`.
+pub fn explain(
+    policy: &HostPolicy,
+    cookie: Option<&str>,
+    gpc: bool,
+    set_cookies: &[String],
+    now: i64,
+) -> Result<(Consent, Vec<Line>), String> {
+    let mut req = HeaderMap::new();
+    if let Some(c) = cookie {
+        let v = HeaderValue::from_str(c)
+            .map_err(|_| format!("--cookie {c:?}: not a valid header value"))?;
+        req.insert(COOKIE, v);
+    }
+    if gpc {
+        req.insert("sec-gpc", HeaderValue::from_static("1"));
+    }
+    let mut resp = HeaderMap::new();
+    for s in set_cookies {
+        let v = HeaderValue::from_str(s)
+            .map_err(|_| format!("--set-cookie {s:?}: not a valid header value"))?;
+        resp.append(SET_COOKIE, v);
+    }
+    let consent = request_consent(policy, &req);
+    let effective = response_consent(policy, &consent, &resp, now).into_owned();
+    let mut lines = Vec::new();
+    filter_set_cookies(policy, &consent, &mut resp, now, |sc, d| {
+        let name = String::from_utf8_lossy(sc.name).into_owned();
+        let keys = d.entry.map(|e| e.consent.join(", ")).unwrap_or_default();
+        let detail = match d.reason {
+            crate::policy::Reason::ConsentCookie => {
+                "the consent cookie is always necessary".to_owned()
+            }
+            crate::policy::Reason::Necessary => "category necessary needs no consent".to_owned(),
+            crate::policy::Reason::Granted => format!("consent key granted (any of: {keys})"),
+            crate::policy::Reason::Deletion => {
+                "a deletion is always kept, so withdrawal works".to_owned()
+            }
+            crate::policy::Reason::NotGranted => {
+                format!("no consent key granted (needs any of: {keys})")
+            }
+            crate::policy::Reason::Gpc => {
+                format!("category {} is refused under Sec-GPC: 1", d.category())
+            }
+            crate::policy::Reason::Unknown => format!(
+                "not in the registry; unknown_cookies = {}",
+                match policy.unknown_cookies {
+                    crate::registry::UnknownCookies::Drop => "drop",
+                    crate::registry::UnknownCookies::Keep => "keep",
+                }
+            ),
+        };
+        lines.push(Line {
+            verdict: d.verdict.as_str(),
+            name,
+            category: d.category().to_owned(),
+            reason: d.reason.as_str(),
+            detail,
+        });
+    });
+    Ok((effective, lines))
+}

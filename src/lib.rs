@@ -1,0 +1,35 @@
+//! consent-gateway: a reverse proxy that enforces cookie consent at the edge.
+//!
+//! # Layout
+//!
+//! Pure modules (no sockets, files or clocks):
+//! - [`host`]: host patterns (`name`, `*.suffix`) and the most-specific-match host table.
+//! - [`request_cookies`]: the request's `Cookie` header(s) read as bytes.
+//! - [`consent`]: consent cookie decoding, one module per format, and `Sec-GPC`.
+//! - [`set_cookie`]: one `Set-Cookie` value read as a browser reads it (name, deletion).
+//! - [`registry`]: the compiled per-host policy and its cookie-name index.
+//! - [`policy`]: the keep/drop decision for one `Set-Cookie`, with its reason.
+//! - [`filter`]: the decision applied to a response's headers; `Vary: Cookie`.
+//!
+//! Edges:
+//! - [`config`]: the config files, parsed and compiled into a registry; `file:line:col` errors.
+//! - [`explain`]: the `explain` command over the same filter the proxy runs.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod consent;
+pub mod explain;
+pub mod filter;
+pub mod host;
+pub mod policy;
+pub mod registry;
+pub mod request_cookies;
+pub mod set_cookie;
+
+/// Seconds since the Unix epoch by the system clock (0 if the clock is before 1970).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,104 @@
+//! Reading the request's `Cookie` header(s) as bytes.
+//!
+//! Pure. Browsers send `name=value; name2=value2`; HTTP/2 clients may send several `Cookie`
+//! headers. The header is split on `;` only and each pair on its first `=`, so a value holding
+//! `,` or `=` stays whole, and a pair that is not UTF-8 never hides the others.
+
+/// One `name=value` pair of a `Cookie` header, both trimmed of spaces and tabs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CookiePair<'a> {
+    pub name: &'a [u8],
+    pub value: &'a [u8],
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// The pairs of one `Cookie` header value, in order. A part without `=` has an empty name (as
+/// RFC 6265bis reads it); empty parts (`a=1;; b=2`) are skipped.
+pub fn pairs(header: &[u8]) -> impl Iterator<Item = CookiePair<'_>> {
+    header.split(|&b| b == b';').filter_map(|part| {
+        let part = trim(part);
+        if part.is_empty() {
+            return None;
+        }
+        Some(match part.iter().position(|&b| b == b'=') {
+            Some(at) => CookiePair {
+                name: trim(&part[..at]),
+                value: trim(&part[at + 1..]),
+            },
+            None => CookiePair {
+                name: &[],
+                value: part,
+            },
+        })
+    })
+}
+
+/// The pairs of every `Cookie` header of a request, in order.
+pub fn all_pairs<'a>(
+    headers: impl IntoIterator<Item = &'a http::HeaderValue>,
+) -> impl Iterator<Item = CookiePair<'a>> {
+    headers.into_iter().flat_map(|h| pairs(h.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(h: &[u8]) -> Vec<(&[u8], &[u8])> {
+        pairs(h).map(|p| (p.name, p.value)).collect()
+    }
+
+    #[test]
+    fn splits_on_semicolon_and_first_equals() {
+        assert_eq!(
+            collect(b"a=1; b=x=y; c={\"ga\":true,\"m\":false}"),
+            vec![
+                (&b"a"[..], &b"1"[..]),
+                (b"b", b"x=y"),
+                (b"c", b"{\"ga\":true,\"m\":false}")
+            ]
+        );
+    }
+
+    #[test]
+    fn tolerates_missing_spaces_and_empty_parts() {
+        assert_eq!(
+            collect(b"a=1;b=2;; ;c="),
+            vec![(&b"a"[..], &b"1"[..]), (b"b", b"2"), (b"c", b"")]
+        );
+    }
+
+    #[test]
+    fn part_without_equals_has_empty_name() {
+        assert_eq!(
+            collect(b"lonely; a=1"),
+            vec![(&b""[..], &b"lonely"[..]), (b"a", b"1")]
+        );
+    }
+
+    #[test]
+    fn non_utf8_pair_does_not_hide_the_others() {
+        let got = collect(b"bad=\xff\xfe; cookies_preferences=x; \xc3=1");
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[1], (&b"cookies_preferences"[..], &b"x"[..]));
+    }
+
+    #[test]
+    fn several_headers_are_read_in_order() {
+        let hs = [
+            http::HeaderValue::from_static("a=1"),
+            http::HeaderValue::from_static("b=2; c=3"),
+        ];
+        let names: Vec<&[u8]> = all_pairs(&hs).map(|p| p.name).collect();
+        assert_eq!(names, vec![&b"a"[..], b"b", b"c"]);
+    }
+}
