@@ -1,6 +1,6 @@
 //! `consent-gateway explain`: the proxy's filter run on headers given on the command line.
 //!
-//! The request's consent is read by [`request_consent`] and the response filtered by
+//! The request's consent is read by [`crate::consent::from_request_headers`] and the response filtered by
 //! [`crate::filter::filter_set_cookies`], the two functions the proxy calls.
 
 use http::header::{COOKIE, SET_COOKIE};

@@ -11,20 +11,38 @@
 //! - [`policy`]: the keep/drop decision for one `Set-Cookie`, with its reason.
 //! - [`filter`]: the decision applied to a response's headers; `Vary: Cookie`.
 //!
-//! Edges:
+//! Edges and I/O:
 //! - [`config`]: the config files, parsed and compiled into a registry; `file:line:col` errors.
 //! - [`explain`]: the `explain` command over the same filter the proxy runs.
+//! - [`error`]: the request path's error type and its status mapping.
+//! - [`body`]: streamed bodies and connections with idle timeouts.
+//! - [`proxy`]: one request from the client to the upstream and back (read this first).
+//! - [`server`]: accept loop, connection limit, graceful drain.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/registry`.
+//! - [`metrics`]: the Prometheus metrics.
+//! - [`reload`]: the live registry handle and reloads.
+//! - [`gateway`]: listeners bound and everything started; what `main`, the demo and tests run.
+//! - [`demo`]: the built-in sample portal behind the gateway.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod body;
 pub mod config;
 pub mod consent;
+pub mod demo;
+pub mod error;
 pub mod explain;
 pub mod filter;
+pub mod gateway;
 pub mod host;
+pub mod metrics;
 pub mod policy;
+pub mod proxy;
 pub mod registry;
+pub mod reload;
 pub mod request_cookies;
+pub mod server;
 pub mod set_cookie;
 
 /// Seconds since the Unix epoch by the system clock (0 if the clock is before 1970).

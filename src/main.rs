@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use consent_gateway::config;
+use consent_gateway::gateway::Gateway;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +42,12 @@ enum Command {
         #[arg(long, default_value = "config/gateway.toml")]
         config: PathBuf,
     },
+    /// Start a built-in sample portal with the gateway in front of it, on loopback.
+    Demo {
+        /// Port of the gateway (0: any free port). If the port is taken, any free port is used.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
     /// Show, for each Set-Cookie, whether the proxy keeps or drops it and why.
     Explain {
         #[arg(long, default_value = "config/gateway.toml")]
@@ -63,9 +70,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config: _ } => {
-            eprintln!("run: not built yet");
-            ExitCode::from(1)
+        Command::Run { config } => {
+            init_logging(cli.log_format);
+            runtime().map_or(ExitCode::from(1), |rt| rt.block_on(run(&config)))
+        }
+        Command::Demo { port } => {
+            init_logging(cli.log_format);
+            runtime().map_or(ExitCode::from(1), |rt| rt.block_on(demo(port)))
         }
         Command::Check { config } => check(&config),
         Command::Explain {
@@ -75,6 +86,112 @@ fn main() -> ExitCode {
             gpc,
             set_cookie,
         } => explain(&config, &host, cookie.as_deref(), gpc, &set_cookie),
+    }
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Pretty) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+async fn run(path: &Path) -> ExitCode {
+    let (cfg, registry) = match config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!(file = %e.file.display(), line = e.line, column = e.column, "{e}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let hosts = registry.policies.len();
+    let gateway = match Gateway::start(&cfg, registry).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(
+        http = %gateway.http_addr.map(|a| a.to_string()).unwrap_or_default(),
+        admin = %gateway.admin_addr.map(|a| a.to_string()).unwrap_or_default(),
+        registry = %cfg.registry_dir.display(),
+        files = hosts,
+        "consent-gateway listening"
+    );
+    if let Err(e) = wait_for_signals(&gateway).await {
+        tracing::error!("cannot install signal handlers: {e}");
+        return ExitCode::from(1);
+    }
+    tracing::info!(grace = ?cfg.limits.shutdown_grace, "shutting down: listener closed, draining");
+    gateway.begin_shutdown();
+    let cut = gateway.wait().await;
+    tracing::info!(cut, "stopped");
+    ExitCode::SUCCESS
+}
+
+/// Serves SIGHUP (reload) until SIGTERM or SIGINT.
+async fn wait_for_signals(gateway: &Gateway) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM"); return Ok(()) }
+            _ = int.recv() => { tracing::info!("SIGINT"); return Ok(()) }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the registry");
+                gateway.reload().await;
+            }
+        }
+    }
+}
+
+async fn demo(port: u16) -> ExitCode {
+    match consent_gateway::demo::start(port).await {
+        Ok(demo) => {
+            println!("{}", demo.instructions());
+            let _ = tokio::signal::ctrl_c().await;
+            demo.gateway.begin_shutdown();
+            demo.gateway.wait().await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("demo: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

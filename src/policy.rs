@@ -244,6 +244,8 @@ mod tests {
         (d.verdict, d.reason, cat)
     }
 
+    type Case<'a> = (&'a str, &'a Consent, &'a str, (Verdict, Reason, &'a str));
+
     #[test]
     fn decision_table() {
         use Reason::*;
@@ -253,7 +255,7 @@ mod tests {
         let ga = consent(&["ga"], false);
         let onetrust = consent(&["C0002"], false);
         let all_gpc = consent(&["ga", "marketing"], true);
-        let cases: Vec<(&str, &Consent, &str, (Verdict, Reason, &str))> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "necessary kept without consent",
                 &none,

@@ -156,7 +156,7 @@ impl HostPolicy {
                 CookieMatcher::Prefix(p) => prefixes.push((p.as_bytes().into(), i)),
             }
         }
-        prefixes.sort_by(|a: &(Box<[u8]>, usize), b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by_key(|p: &(Box<[u8]>, usize)| std::cmp::Reverse(p.0.len()));
         let name = hosts.first().map(ToString::to_string).unwrap_or_default();
         HostPolicy {
             file,

@@ -168,6 +168,16 @@ impl ConsentSpec {
     }
 }
 
+/// The consent a request carries: its `Cookie` header(s) and `Sec-GPC`. The proxy and
+/// `explain` both read consent through this function.
+pub fn from_request_headers(spec: &ConsentSpec, headers: &http::HeaderMap) -> Consent {
+    let gpc = gpc_requested(headers.get_all("sec-gpc"));
+    spec.from_request(
+        crate::request_cookies::all_pairs(headers.get_all(http::header::COOKIE)),
+        gpc,
+    )
+}
+
 /// Whether a request's `Sec-GPC` header values ask for the Global Privacy Control.
 pub fn gpc_requested<'a>(values: impl IntoIterator<Item = &'a http::HeaderValue>) -> bool {
     values

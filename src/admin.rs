@@ -1,0 +1,119 @@
+//! The admin endpoint: `/healthz`, `/readyz`, `/metrics`, `/registry`.
+//!
+//! Served on its own listener, which stays up while the proxy listener drains.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+
+use crate::body::ProxyBody;
+use crate::config::ConfigError;
+use crate::metrics::Metrics;
+use crate::reload::Live;
+
+/// What the admin endpoint reads.
+pub struct AdminState {
+    pub live: Arc<Live>,
+    pub metrics: Arc<Metrics>,
+    /// True once the registry is loaded and the listeners are bound; false while draining.
+    pub ready: Arc<AtomicBool>,
+}
+
+#[derive(Serialize)]
+struct RegistryView<'a> {
+    generation: u64,
+    loaded_at: &'a str,
+    digest: &'a str,
+    hosts: Vec<HostView>,
+    last_error: Option<ConfigError>,
+}
+
+#[derive(Serialize)]
+struct HostView {
+    file: String,
+    hosts: Vec<String>,
+    upstream: String,
+    mode: &'static str,
+    cookies: usize,
+}
+
+/// Answers one admin request.
+pub fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n");
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if state.ready.load(Ordering::SeqCst) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/metrics" => {
+            let mut r = Response::new(ProxyBody::full(state.metrics.encode()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        "/registry" => {
+            let snap = state.live.load();
+            let view = RegistryView {
+                generation: snap.generation,
+                loaded_at: &snap.loaded_at,
+                digest: &snap.registry.digest,
+                hosts: snap
+                    .registry
+                    .policies
+                    .iter()
+                    .map(|p| HostView {
+                        file: p.file.display().to_string(),
+                        hosts: p.hosts.iter().map(ToString::to_string).collect(),
+                        upstream: p.upstream.to_string(),
+                        mode: p.mode.as_str(),
+                        cookies: p.cookies.len(),
+                    })
+                    .collect(),
+                last_error: state.live.last_error(),
+            };
+            json(&view)
+        }
+        _ => text(StatusCode::NOT_FOUND, "404 not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json<T: Serialize>(v: &T) -> Response<ProxyBody> {
+    match serde_json::to_vec_pretty(v) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            let mut r = Response::new(ProxyBody::full(body));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "500 internal server error\n",
+        ),
+    }
+}

@@ -1,0 +1,131 @@
+//! The request path's one error type, and the one place that turns it into a response.
+//!
+//! Statuses follow whose fault it is: the client's 400, an unknown host 421, an upstream that
+//! refused or broke 502, an upstream too slow 504. Bodies are short and name no internal detail.
+
+use http::StatusCode;
+
+/// Why a request could not be proxied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("request has no Host")]
+    NoHost,
+    #[error("request has an invalid or repeated Host")]
+    BadHost,
+    #[error("no registry file names this host")]
+    UnknownHost,
+    #[error("malformed request")]
+    BadRequest,
+    #[error("upstream refused the connection")]
+    UpstreamConnect,
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    #[error("upstream reset the connection")]
+    UpstreamReset,
+    #[error("upstream broke the protocol")]
+    UpstreamProtocol,
+}
+
+impl ProxyError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::NoHost | ProxyError::BadHost | ProxyError::BadRequest => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::UpstreamConnect
+            | ProxyError::UpstreamReset
+            | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The plain-text body sent to the client.
+    pub fn body(self) -> &'static str {
+        match self {
+            ProxyError::NoHost => "400 bad request: no Host header\n",
+            ProxyError::BadHost => "400 bad request: invalid Host header\n",
+            ProxyError::BadRequest => "400 bad request\n",
+            ProxyError::UnknownHost => "421 misdirected request: unknown host\n",
+            ProxyError::UpstreamConnect
+            | ProxyError::UpstreamReset
+            | ProxyError::UpstreamProtocol => "502 bad gateway\n",
+            ProxyError::UpstreamTimeout => "504 gateway timeout\n",
+        }
+    }
+
+    /// The `kind` label of `consent_gateway_upstream_errors_total`, for upstream errors.
+    pub fn upstream_kind(self) -> Option<&'static str> {
+        match self {
+            ProxyError::UpstreamConnect => Some("connect"),
+            ProxyError::UpstreamTimeout => Some("timeout"),
+            ProxyError::UpstreamReset => Some("reset"),
+            ProxyError::UpstreamProtocol => Some("protocol"),
+            _ => None,
+        }
+    }
+
+    /// Classifies an error of the upstream client.
+    pub fn from_client(e: &hyper_util::client::legacy::Error) -> ProxyError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        let mut timed_out = false;
+        let mut reset = false;
+        let mut parse = false;
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::TimedOut => timed_out = true,
+                    std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof => reset = true,
+                    _ => {}
+                }
+            }
+            if let Some(h) = s.downcast_ref::<hyper::Error>() {
+                if h.is_parse() || h.is_parse_too_large() || h.is_parse_status() {
+                    parse = true;
+                } else if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                    reset = true;
+                } else if h.is_timeout() {
+                    timed_out = true;
+                }
+            }
+            source = s.source();
+        }
+        if timed_out {
+            ProxyError::UpstreamTimeout
+        } else if e.is_connect() {
+            ProxyError::UpstreamConnect
+        } else if parse {
+            ProxyError::UpstreamProtocol
+        } else if reset {
+            ProxyError::UpstreamReset
+        } else {
+            ProxyError::UpstreamProtocol
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_whose_fault_it_is() {
+        let cases = [
+            (ProxyError::NoHost, 400),
+            (ProxyError::BadHost, 400),
+            (ProxyError::BadRequest, 400),
+            (ProxyError::UnknownHost, 421),
+            (ProxyError::UpstreamConnect, 502),
+            (ProxyError::UpstreamReset, 502),
+            (ProxyError::UpstreamProtocol, 502),
+            (ProxyError::UpstreamTimeout, 504),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.status().as_u16(), code, "{e:?}");
+            assert!(e.body().starts_with(&code.to_string()), "{e:?}");
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Prometheus metrics (names fixed by the SPEC). Label values stay bounded: `host` is the first
+//! name of a registry file (`unknown` for a 421), `category` a registry category or `unknown`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostCode {
+    pub host: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CookieLabels {
+    pub host: String,
+    pub category: String,
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostKind {
+    pub host: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostAction {
+    pub host: String,
+    pub action: &'static str,
+}
+
+/// Every metric of the process. Cheap to share (`Arc`); all handles are atomic.
+pub struct Metrics {
+    registry: Registry,
+    /// `consent_gateway_requests_total{host,code}`
+    pub requests: Family<HostCode, Counter>,
+    /// `consent_gateway_request_duration_seconds`
+    pub duration: Histogram,
+    /// `consent_gateway_set_cookie_total{host,category,verdict}`
+    pub set_cookie: Family<CookieLabels, Counter>,
+    /// `consent_gateway_request_cookies_total{host,action}`: browser cookies stripped or purged.
+    pub request_cookies: Family<HostAction, Counter>,
+    /// `consent_gateway_config_reloads_total{result}`
+    pub reloads: Family<ResultLabel, Counter>,
+    /// `consent_gateway_config_last_reload_success`
+    pub last_reload_success: Gauge,
+    /// `consent_gateway_config_generation`
+    pub generation: Gauge,
+    /// `consent_gateway_upstream_errors_total{host,kind}`
+    pub upstream_errors: Family<HostKind, Counter>,
+    /// `consent_gateway_connections_open`
+    pub connections_open: Gauge,
+    /// `consent_gateway_connections_refused_total`: over `max_connections`.
+    pub connections_refused: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("consent_gateway");
+        let requests = Family::<HostCode, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by registry host and status code",
+            requests.clone(),
+        );
+        let buckets = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ];
+        let duration = Histogram::new(buckets.into_iter());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head",
+            duration.clone(),
+        );
+        let set_cookie = Family::<CookieLabels, Counter>::default();
+        registry.register(
+            "set_cookie",
+            "Set-Cookie headers from upstreams, by host, category and verdict",
+            set_cookie.clone(),
+        );
+        let request_cookies = Family::<HostAction, Counter>::default();
+        registry.register(
+            "request_cookies",
+            "Browser cookies refused by consent, by host and action (stripped, purged, would_strip, would_purge)",
+            request_cookies.clone(),
+        );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Registry reloads by result",
+            reloads.clone(),
+        );
+        let last_reload_success = Gauge::default();
+        registry.register(
+            "config_last_reload_success",
+            "1 if the last reload succeeded, 0 if it failed",
+            last_reload_success.clone(),
+        );
+        let generation = Gauge::default();
+        registry.register(
+            "config_generation",
+            "Generation of the registry serving",
+            generation.clone(),
+        );
+        let upstream_errors = Family::<HostKind, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by host and kind",
+            upstream_errors.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open",
+            connections_open.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Client connections refused over max_connections",
+            connections_refused.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+            set_cookie,
+            request_cookies,
+            reloads,
+            last_reload_success,
+            generation,
+            upstream_errors,
+            connections_open,
+            connections_refused,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,483 @@
+//! The request path, from a client's request to the downstream response.
+//!
+//! [`Proxy::handle`] cannot fail: it loads the registry snapshot once, runs
+//! [`Proxy::try_handle`], turns any [`ProxyError`] into a response, counts and logs. In
+//! `try_handle`: find the host's policy (421 if none), read the consent once, forward the request
+//! with hop-by-hop headers removed and `X-Forwarded-*` set, wait for the upstream response head
+//! (bounded by `upstream_response_timeout`), filter its `Set-Cookie` headers, add `Vary: Cookie`,
+//! and stream the body back. A 101 upgrade is filtered the same way, then tunnelled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::body::{IdleBody, ProxyBody};
+use crate::config::{Cidr, Limits};
+use crate::error::ProxyError;
+use crate::filter::{add_vary_cookie, filter_set_cookies, Summary};
+use crate::metrics::{CookieLabels, HostCode, HostKind, Metrics};
+use crate::policy::Verdict;
+use crate::registry::HostPolicy;
+use crate::reload::Live;
+
+/// The body sent upstream: the client's, with an idle timeout.
+pub type UpstreamBody = IdleBody<Incoming>;
+
+/// The pooled upstream client.
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+/// Builds the pooled HTTP/1.1 client to upstreams.
+pub fn upstream_client(limits: &Limits) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(limits.idle_timeout)
+        .pool_max_idle_per_host(512)
+        .build(connector)
+}
+
+/// Everything the request path needs.
+pub struct Proxy {
+    live: Arc<Live>,
+    client: UpstreamClient,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    /// Peers whose `X-Forwarded-*` headers are kept (and appended to).
+    trusted_proxies: Vec<Cidr>,
+    /// `http` or `https`: what the client spoke, for `X-Forwarded-Proto`.
+    scheme: &'static str,
+}
+
+/// What the access log says about one request.
+#[derive(Default)]
+struct Outcome {
+    host: Option<String>,
+    upstream: Option<String>,
+    cookies: Summary,
+}
+
+/// Headers that only concern one connection (RFC 9110 §7.6.1), besides those `Connection` names.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+impl Proxy {
+    pub fn new(
+        live: Arc<Live>,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+        trusted_proxies: Vec<Cidr>,
+        scheme: &'static str,
+    ) -> Self {
+        let client = upstream_client(&limits);
+        Proxy {
+            live,
+            client,
+            metrics,
+            limits,
+            trusted_proxies,
+            scheme,
+        }
+    }
+
+    /// Answers one request. Never fails: errors become short plain-text responses.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let mut outcome = Outcome::default();
+        let response = match self.try_handle(req, peer, &mut outcome).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(kind) = e.upstream_kind() {
+                    let host = outcome.host.clone().unwrap_or_else(|| "unknown".into());
+                    self.metrics
+                        .upstream_errors
+                        .get_or_create(&HostKind { host, kind })
+                        .inc();
+                    tracing::warn!(
+                        host = outcome.host.as_deref().unwrap_or("unknown"),
+                        upstream = outcome.upstream.as_deref().unwrap_or(""),
+                        kind,
+                        "upstream error: {e}"
+                    );
+                }
+                error_response(e)
+            }
+        };
+        let elapsed = start.elapsed();
+        let code = response.status().as_u16();
+        let host = outcome.host.unwrap_or_else(|| "unknown".into());
+        self.metrics.duration.observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "consent_gateway::access",
+            host = %host,
+            method = %method,
+            path = %path,
+            status = code,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream = outcome.upstream.as_deref().unwrap_or(""),
+            peer = %peer,
+            cookies_kept = outcome.cookies.kept,
+            cookies_dropped = outcome.cookies.dropped,
+            cookies_would_drop = outcome.cookies.would_drop,
+        );
+        self.metrics
+            .requests
+            .get_or_create(&HostCode { host, code })
+            .inc();
+        response
+    }
+
+    async fn try_handle(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // The snapshot is held to the end of the request (and of its tunnel, if it upgrades).
+        let snapshot = self.live.load();
+        let host = request_host(&req)?;
+        let policy: &Arc<HostPolicy> = snapshot
+            .registry
+            .lookup(host.as_bytes())
+            .ok_or(ProxyError::UnknownHost)?;
+        outcome.host = Some(policy.name.clone());
+        outcome.upstream = Some(policy.upstream.to_string());
+
+        let consent = crate::consent::from_request_headers(&policy.consent, req.headers());
+        let upgrade = requested_upgrade(req.headers());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::EXPECT);
+        if let Some(proto) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, proto.clone());
+        }
+        self.set_forwarded(&mut parts.headers, &host, peer);
+        match &policy.upstream_host {
+            Some(h) => {
+                parts.headers.insert(header::HOST, h.clone());
+            }
+            None => {
+                if !parts.headers.contains_key(header::HOST) {
+                    // Absolute-form request without Host: keep the name the client asked for.
+                    let v = HeaderValue::from_str(&host).map_err(|_| ProxyError::BadHost)?;
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+        }
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        parts.uri = Uri::builder()
+            .scheme(policy.upstream.scheme.clone())
+            .authority(policy.upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| ProxyError::BadRequest)?;
+        parts.version = http::Version::HTTP_11;
+        let upstream_req =
+            Request::from_parts(parts, IdleBody::new(body, self.limits.idle_timeout));
+
+        let mut resp = match tokio::time::timeout(
+            self.limits.upstream_response_timeout,
+            self.client.request(upstream_req),
+        )
+        .await
+        {
+            Err(_) => return Err(ProxyError::UpstreamTimeout),
+            Ok(Err(e)) => {
+                tracing::debug!(error = ?e, "upstream request failed");
+                return Err(ProxyError::from_client(&e));
+            }
+            Ok(Ok(r)) => r,
+        };
+
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
+        let (mut parts, body) = resp.into_parts();
+        let upgraded_proto = if switching {
+            if client_upgrade.is_none() {
+                // The upstream switched protocols on a request that did not ask to.
+                return Err(ProxyError::UpstreamProtocol);
+            }
+            parts.headers.get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(proto) = upgraded_proto {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, proto);
+        }
+
+        let now = crate::unix_now();
+        let metrics = &self.metrics;
+        let summary = filter_set_cookies(policy, &consent, &mut parts.headers, now, |sc, d| {
+            metrics
+                .set_cookie
+                .get_or_create(&CookieLabels {
+                    host: policy.name.clone(),
+                    category: d.category().to_owned(),
+                    verdict: d.verdict.metric_label(),
+                })
+                .inc();
+            if d.verdict != Verdict::Keep {
+                tracing::debug!(
+                    host = %policy.name,
+                    cookie = %String::from_utf8_lossy(sc.name),
+                    category = d.category(),
+                    verdict = d.verdict.as_str(),
+                    reason = d.reason.as_str(),
+                    "set-cookie refused"
+                );
+            }
+        });
+        if summary.any() {
+            add_vary_cookie(&mut parts.headers);
+        }
+        outcome.cookies = summary;
+
+        if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
+            let held = Arc::clone(&snapshot);
+            tokio::spawn(async move {
+                let _registry = held;
+                match tokio::try_join!(client, upstream) {
+                    Ok((c, u)) => {
+                        let mut c = TokioIo::new(c);
+                        let mut u = TokioIo::new(u);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                            tracing::debug!(error = %e, "upgraded tunnel closed with an error");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+        }
+        Ok(Response::from_parts(
+            parts,
+            ProxyBody::Upstream(IdleBody::new(body, self.limits.idle_timeout)),
+        ))
+    }
+
+    /// `X-Forwarded-For`, `-Proto` and `-Host`: kept (and appended to) only from trusted proxies.
+    fn set_forwarded(&self, headers: &mut HeaderMap, host: &str, peer: SocketAddr) {
+        let ip = peer.ip().to_canonical();
+        let trusted = self.trusted_proxies.iter().any(|c| c.contains(ip));
+        let ip = ip.to_string();
+        let xff = if trusted {
+            let prior: Vec<&str> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect();
+            if prior.is_empty() {
+                ip
+            } else {
+                format!("{}, {ip}", prior.join(", "))
+            }
+        } else {
+            ip
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
+        }
+        if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+            if let Ok(v) = HeaderValue::from_str(host) {
+                headers.insert(X_FORWARDED_HOST, v);
+            }
+        }
+    }
+}
+
+/// The host a request is for: the authority of an absolute-form target, else the one `Host`
+/// header. Returned as sent (port included); the registry lookup normalises it.
+fn request_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(a.as_str().to_owned());
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next().ok_or(ProxyError::NoHost)?;
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadHost);
+    }
+    let host = host.to_str().map_err(|_| ProxyError::BadHost)?.trim();
+    if host.is_empty() {
+        return Err(ProxyError::BadHost);
+    }
+    Ok(host.to_owned())
+}
+
+/// The protocol a request asks to upgrade to (`Connection: upgrade` and an `Upgrade` value).
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    if asks {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Removes hop-by-hop headers: those `Connection` names, the fixed list, and `TE` unless it is
+/// `trailers`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.get(header::TE) {
+        let trailers = te.as_bytes().split(|&b| b == b',').any(|t| {
+            t.split(|&b| b == b';')
+                .next()
+                .is_some_and(|n| n.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// The response for a request the gateway could not proxy.
+pub fn error_response(e: ProxyError) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(e.body()));
+    *r.status_mut() = e.status();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if e.status() == StatusCode::BAD_REQUEST {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("cookie", "a=1"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, vec!["cookie", "accept"]);
+    }
+
+    #[test]
+    fn te_trailers_is_kept() {
+        let mut h = map(&[("te", "trailers, deflate;q=0.5")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.get("te").unwrap(), "trailers");
+    }
+
+    #[test]
+    fn upgrade_needs_connection_upgrade() {
+        assert!(requested_upgrade(&map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket")
+        ]))
+        .is_some());
+        assert!(requested_upgrade(&map(&[("upgrade", "websocket")])).is_none());
+        assert!(requested_upgrade(&map(&[("connection", "upgrade")])).is_none());
+    }
+
+    #[test]
+    fn host_comes_from_the_one_host_header() {
+        let req = |hs: &[&str]| {
+            let mut b = Request::builder().uri("/x");
+            for h in hs {
+                b = b.header("host", *h);
+            }
+            b.body(()).unwrap()
+        };
+        assert_eq!(
+            request_host(&req(&["a.example:8080"])),
+            Ok("a.example:8080".into())
+        );
+        assert_eq!(request_host(&req(&[])), Err(ProxyError::NoHost));
+        assert_eq!(request_host(&req(&["a", "b"])), Err(ProxyError::BadHost));
+        assert_eq!(request_host(&req(&[""])), Err(ProxyError::BadHost));
+        let abs = Request::builder()
+            .uri("http://b.example/x")
+            .header("host", "a")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&abs), Ok("b.example".into()));
+    }
+}

@@ -1,0 +1,184 @@
+//! The live registry: one handle that readers load a snapshot from, and reloads that swap it.
+//!
+//! Each request loads the [`Snapshot`] once and keeps it to the end, so a request in flight
+//! finishes under the registry it started with. A reload parses and validates everything first
+//! and swaps only on success; an error keeps the last good registry serving.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{self, ConfigError};
+use crate::metrics::{Metrics, ResultLabel};
+use crate::registry::Registry;
+
+/// One registry generation, as served.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub registry: Registry,
+    /// Grows by one for each reload that changed something; the first load is 1.
+    pub generation: u64,
+    /// When this generation was loaded (RFC 3339, UTC).
+    pub loaded_at: String,
+}
+
+/// What one reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// A new generation serves.
+    Success(u64),
+    /// The files hash to the digest already serving.
+    Unchanged,
+    /// The last good registry keeps serving.
+    Error(Vec<ConfigError>),
+}
+
+/// The live registry handle shared by the proxy, the admin endpoint and the reloader.
+pub struct Live {
+    current: ArcSwap<Snapshot>,
+    /// The directory reloads read.
+    dir: PathBuf,
+    /// The last failed reload's first error; `None` after a good one.
+    last_error: Mutex<Option<ConfigError>>,
+    /// Serialises reloads (a watcher event and SIGHUP may race).
+    reloading: Mutex<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl Live {
+    /// Starts serving `registry` (already loaded and validated) as generation 1.
+    pub fn new(registry: Registry, dir: PathBuf, metrics: Arc<Metrics>) -> Self {
+        metrics.generation.set(1);
+        metrics.last_reload_success.set(1);
+        Live {
+            current: ArcSwap::from_pointee(Snapshot {
+                registry,
+                generation: 1,
+                loaded_at: rfc3339(SystemTime::now()),
+            }),
+            dir,
+            last_error: Mutex::new(None),
+            reloading: Mutex::new(()),
+            metrics,
+        }
+    }
+
+    /// The snapshot serving now. Hold it for the whole request.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn last_error(&self) -> Option<ConfigError> {
+        self.last_error.lock().map(|g| g.clone()).unwrap_or(None)
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Re-reads the registry directory and swaps in the result if it is valid and different.
+    pub fn reload(&self) -> ReloadResult {
+        let _serial = self.reloading.lock();
+        let result = match config::load_registry(&self.dir) {
+            Err(e) => ReloadResult::Error(e.0),
+            Ok(registry) => self.install(registry),
+        };
+        self.record(&result);
+        result
+    }
+
+    /// Swaps in a registry built elsewhere (tests, the demo), unless its digest is the one
+    /// serving.
+    pub fn install(&self, registry: Registry) -> ReloadResult {
+        let old = self.current.load();
+        if old.registry.digest == registry.digest {
+            return ReloadResult::Unchanged;
+        }
+        let generation = old.generation + 1;
+        self.current.store(Arc::new(Snapshot {
+            registry,
+            generation,
+            loaded_at: rfc3339(SystemTime::now()),
+        }));
+        ReloadResult::Success(generation)
+    }
+
+    fn record(&self, result: &ReloadResult) {
+        let label = match result {
+            ReloadResult::Success(g) => {
+                self.metrics
+                    .generation
+                    .set(i64::try_from(*g).unwrap_or(i64::MAX));
+                "success"
+            }
+            ReloadResult::Unchanged => "unchanged",
+            ReloadResult::Error(_) => "error",
+        };
+        self.metrics
+            .reloads
+            .get_or_create(&ResultLabel { result: label })
+            .inc();
+        let ok = !matches!(result, ReloadResult::Error(_));
+        self.metrics.last_reload_success.set(i64::from(ok));
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = match result {
+                ReloadResult::Error(errors) => errors.first().cloned(),
+                _ => None,
+            };
+        }
+        match result {
+            ReloadResult::Success(g) => {
+                tracing::info!(generation = g, dir = %self.dir.display(), "registry reloaded")
+            }
+            ReloadResult::Unchanged => {
+                tracing::debug!(dir = %self.dir.display(), "registry unchanged")
+            }
+            ReloadResult::Error(errors) => {
+                for e in errors {
+                    tracing::error!(file = %e.file.display(), line = e.line, column = e.column, "reload failed, last good registry keeps serving: {}", e);
+                }
+            }
+        }
+    }
+}
+
+/// `2026-11-23T10:00:00Z` (UTC, whole seconds).
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        let at = |s: u64| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_825_600), "2000-02-29T12:00:00Z");
+        assert_eq!(at(1_795_435_200), "2026-11-23T09:20:00Z");
+    }
+}

@@ -1,0 +1,152 @@
+//! Accepting connections and serving HTTP/1.1 on them, with limits and a graceful drain.
+//!
+//! [`serve`] takes what it needs: a bound listener, a handler, the limits and a shutdown signal.
+//! On shutdown it closes the listener (new connections are refused), lets every connection finish
+//! its in-flight request, and after `shutdown_grace` cuts what remains.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::body::{IdleIo, ProxyBody};
+use crate::config::Limits;
+use crate::metrics::Metrics;
+
+/// The answer to a connection over `max_connections`.
+const OVERLOADED: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 24\r\nconnection: close\r\n\r\n503 service unavailable\n";
+
+/// Waits until the shutdown flag is set (or its sender is gone).
+pub async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Serves `listener` until `shutdown` turns true, then drains. Returns how many connections were
+/// cut at the end of `shutdown_grace`.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    handler: H,
+    limits: Limits,
+    metrics: Option<Arc<Metrics>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> usize
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes)
+        .keep_alive(true);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown_requested(&mut shutdown) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                    refuse(stream, peer, metrics.as_deref());
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let builder = builder.clone();
+                let mut drain = drain_rx.clone();
+                let metrics = metrics.clone();
+                let idle = limits.idle_timeout;
+                conns.spawn(async move {
+                    let _permit = permit;
+                    let _open = metrics.as_ref().map(OpenGuard::new);
+                    let io = TokioIo::new(IdleIo::new(stream, idle));
+                    let svc = service_fn(move |req| {
+                        let fut = handler(req, peer);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    });
+                    let conn = builder.serve_connection(io, svc).with_upgrades();
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        r = conn.as_mut() => {
+                            if let Err(e) = r {
+                                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                            }
+                        }
+                        () = shutdown_requested(&mut drain) => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    let _ = drain_tx.send(true);
+    let open = conns.len();
+    if open > 0 {
+        tracing::info!(connections = open, grace = ?limits.shutdown_grace, "draining connections");
+    }
+    let deadline = tokio::time::sleep(limits.shutdown_grace);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = conns.join_next() => if next.is_none() { return 0 },
+            () = &mut deadline => {
+                let cut = conns.len();
+                tracing::warn!(connections = cut, "shutdown grace over: cutting connections still open");
+                conns.abort_all();
+                while conns.join_next().await.is_some() {}
+                return cut;
+            }
+        }
+    }
+}
+
+/// Answers 503 to a connection over `max_connections` without waiting on it.
+fn refuse(stream: TcpStream, peer: SocketAddr, metrics: Option<&Metrics>) {
+    if let Some(m) = metrics {
+        m.connections_refused.inc();
+    }
+    tracing::warn!(peer = %peer, "max_connections reached: connection refused with 503");
+    let _ = stream.try_write(OVERLOADED);
+}
+
+/// Keeps `consent_gateway_connections_open` right, however the connection task ends.
+struct OpenGuard(Arc<Metrics>);
+
+impl OpenGuard {
+    fn new(m: &Arc<Metrics>) -> Self {
+        m.connections_open.inc();
+        OpenGuard(Arc::clone(m))
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.connections_open.dec();
+    }
+}
