@@ -1,0 +1,269 @@
+//! Test harness: a real origin on 127.0.0.1:0, a raw HTTP/1.1 client, and the gateway started in
+//! process from config text.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use consent_gateway::config::{compile_registry, parse_gateway};
+use consent_gateway::gateway::Gateway;
+
+pub type OriginBody = BoxBody<Bytes, hyper::Error>;
+
+pub fn full(b: impl Into<Bytes>) -> OriginBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// What the origin saw of each request: method, path and headers (in order, as received).
+#[derive(Clone, Default)]
+pub struct Seen(pub Arc<Mutex<Vec<(String, String, HeaderMap)>>>);
+
+impl Seen {
+    pub fn last_headers(&self) -> HeaderMap {
+        self.0
+            .lock()
+            .unwrap()
+            .last()
+            .expect("origin saw no request")
+            .2
+            .clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// Starts an origin that answers every request with `handler`, recording what it saw.
+pub async fn origin<H, F>(handler: H) -> (SocketAddr, Seen)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<OriginBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Seen::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    record.0.lock().unwrap().push((
+                        req.method().to_string(),
+                        req.uri().to_string(),
+                        req.headers().clone(),
+                    ));
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// An origin that sends these `Set-Cookie` values (in order) on every response.
+pub async fn cookie_origin(set_cookies: &'static [&'static str]) -> (SocketAddr, Seen) {
+    origin(move |_req| async move {
+        let mut b = Response::builder().header("content-type", "text/plain");
+        for c in set_cookies {
+            b = b.header("set-cookie", *c);
+        }
+        b.body(full("hello\n")).unwrap()
+    })
+    .await
+}
+
+/// A loopback address where nothing listens.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// A registry file for host `portal.test` with the usual necessary and statistical cookies.
+pub fn portal_toml(upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"hosts = ["portal.test", "*.portal.test"]
+upstream = "http://{upstream}"
+{extra}
+
+[[cookie]]
+name = "sessionid"
+category = "necessary"
+
+[[cookie]]
+name = "csrftoken"
+category = "necessary"
+
+[[cookie]]
+name = "_ga"
+category = "statistical"
+consent = ["ga", "C0002"]
+
+[[cookie]]
+prefix = "_ga_"
+category = "statistical"
+consent = "ga"
+
+[[cookie]]
+name = "_pk_id"
+category = "statistical"
+consent = "matomo"
+
+[[cookie]]
+name = "ads"
+category = "marketing"
+"#
+    )
+}
+
+/// Starts the gateway in process on 127.0.0.1:0 (proxy and admin) with `[limits]`/`[proxy]`
+/// text `extra` and the given registry files.
+pub async fn gateway(extra: &str, files: &[(&str, String)]) -> Gateway {
+    let text =
+        format!("[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}");
+    let cfg = parse_gateway(Path::new("test/gateway.toml"), &text).unwrap();
+    let files: Vec<_> = files
+        .iter()
+        .map(|(name, text)| (Path::new("test/hosts").join(name), text.clone()))
+        .collect();
+    let registry = compile_registry(&files).unwrap();
+    Gateway::start(&cfg, registry).await.unwrap()
+}
+
+/// A response read off the wire.
+#[derive(Debug)]
+pub struct Raw {
+    pub status: u16,
+    /// Header names lower-cased, values as raw bytes, in wire order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl Raw {
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.all(name).into_iter().next()
+    }
+
+    pub fn set_cookie_names(&self) -> Vec<String> {
+        self.all("set-cookie")
+            .iter()
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap()
+                    .split('=')
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+/// Sends raw bytes, reads the whole response (the request should say `Connection: close`).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> Raw {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf))
+        .await
+        .expect("response within 20 s")
+        .unwrap();
+    parse_response(&buf)
+        .unwrap_or_else(|| panic!("unparseable response: {:?}", String::from_utf8_lossy(&buf)))
+}
+
+/// `GET path` for `host` with extra header lines (each ending in `\r\n`).
+pub async fn get(addr: SocketAddr, host: &str, path: &str, headers: &str) -> Raw {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n");
+    raw(addr, req.as_bytes()).await
+}
+
+pub fn parse_response(buf: &[u8]) -> Option<Raw> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, Vec<u8>)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().as_bytes().to_vec()))
+        .collect();
+    let rest = &buf[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case(b"chunked"));
+    let body = if chunked {
+        dechunk(rest)?
+    } else {
+        rest.to_vec()
+    };
+    Some(Raw {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_str = std::str::from_utf8(&b[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
+/// The admin endpoint's answer to `GET path`.
+pub async fn admin(gw: &Gateway, path: &str) -> Raw {
+    get(gw.admin_addr.unwrap(), "admin", path, "").await
+}
+
+/// The percent-encoded `cookies_preferences` value granting `keys`.
+pub fn prefs(keys: &[&str]) -> String {
+    let json: Vec<String> = keys.iter().map(|k| format!("\"{k}\":true")).collect();
+    let raw = format!("{{{},\"timestamp\":1718000000000}}", json.join(","));
+    percent_encoding::utf8_percent_encode(&raw, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
