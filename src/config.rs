@@ -448,6 +448,22 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
             _ => errors.push(src.error(v.span(), "limits.max_connections: must be at least 1")),
         }
     }
+    // The connection idle timer also runs while a request waits for its upstream; a shorter
+    // idle_timeout would cut those waits before upstream_response_timeout could answer 504.
+    if limits.idle_timeout < limits.upstream_response_timeout {
+        let span = l
+            .idle_timeout
+            .as_ref()
+            .or(l.upstream_response_timeout.as_ref())
+            .map_or(0..0, Spanned::span);
+        errors.push(src.error(
+            span,
+            format!(
+                "limits.idle_timeout ({:?}) must be at least limits.upstream_response_timeout ({:?})",
+                limits.idle_timeout, limits.upstream_response_timeout
+            ),
+        ));
+    }
     let mut trusted_proxies = Vec::new();
     for (i, v) in raw.proxy.trusted_proxies.iter().enumerate() {
         match v.get_ref().parse::<Cidr>() {
@@ -1208,11 +1224,11 @@ mod tests {
     fn gateway_paths_resolve_against_its_directory() {
         let g = parse_gateway(
             Path::new("/etc/cg/gateway.toml"),
-            "[listen]\nhttp = \"127.0.0.1:1\"\n[registry]\ndir = \"hosts\"\n[limits]\nidle_timeout = \"5s\"\n",
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[registry]\ndir = \"hosts\"\n[limits]\nidle_timeout = \"45s\"\n",
         )
         .unwrap();
         assert_eq!(g.registry_dir, PathBuf::from("/etc/cg/hosts"));
-        assert_eq!(g.limits.idle_timeout, Duration::from_secs(5));
+        assert_eq!(g.limits.idle_timeout, Duration::from_secs(45));
         assert_eq!(g.limits.max_connections, 10_000);
     }
 }
