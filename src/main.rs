@@ -154,8 +154,8 @@ async fn run(path: &Path) -> ExitCode {
         tracing::error!("cannot install signal handlers: {e}");
         return ExitCode::from(1);
     }
-    tracing::info!(grace = ?cfg.limits.shutdown_grace, "shutting down: listener closed, draining");
     gateway.begin_shutdown();
+    tracing::info!(grace = ?cfg.limits.shutdown_grace, "shutting down: readiness off, draining");
     let cut = gateway.wait().await;
     tracing::info!(cut, "stopped");
     ExitCode::SUCCESS
@@ -268,7 +268,7 @@ fn explain(
         }
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::from(2)
+            ExitCode::from(1)
         }
     }
 }

@@ -107,9 +107,7 @@ where
     drop(listener);
     let _ = drain_tx.send(true);
     let open = conns.len();
-    if open > 0 {
-        tracing::info!(connections = open, grace = ?limits.shutdown_grace, "draining connections");
-    }
+    tracing::info!(connections = open, grace = ?limits.shutdown_grace, "listener closed, draining connections");
     let deadline = tokio::time::sleep(limits.shutdown_grace);
     tokio::pin!(deadline);
     loop {

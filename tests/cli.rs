@@ -1,6 +1,8 @@
 //! The command line, run as a user runs it: `check` and `explain` against config directories
 //! written to temp dirs, exit codes and the lines printed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

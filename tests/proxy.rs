@@ -511,15 +511,7 @@ async fn admin_health_registry_and_unknown_paths() {
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_request_and_turns_readiness_off() {
-    let (up, _) = origin(|_req| async move {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        Response::builder()
-            .header("set-cookie", "sessionid=1")
-            .header("set-cookie", "_ga=1")
-            .body(full("done"))
-            .unwrap()
-    })
-    .await;
+    let (up, mut arrived, release) = gated_origin(&["sessionid=1", "_ga=1"], "done").await;
     let gw = gateway(
         "[limits]\nshutdown_grace = \"10s\"\n",
         &[("p.toml", portal_toml(up, ""))],
@@ -527,25 +519,27 @@ async fn shutdown_finishes_in_flight_request_and_turns_readiness_off() {
     .await;
     let addr = gw.http_addr.unwrap();
     let admin_addr = gw.admin_addr.unwrap();
-    // Start a request, and make sure it has reached the gateway before shutting down.
+    // Start a request, and shut down once it has reached the origin.
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: portal.test\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    arrived.recv().await.unwrap();
     gw.begin_shutdown();
     let ready = get(admin_addr, "admin", "/readyz", "").await;
     assert_eq!(ready.status, 503, "readiness turns off while draining");
-    // New connections are refused once the listener is closed.
+    // New connections are refused once the serve task has closed the listener (bounded poll).
     let mut refused = false;
-    for _ in 0..50 {
+    for _ in 0..200 {
         if TcpStream::connect(addr).await.is_err() {
             refused = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(refused, "listener still accepting while draining");
+    release.send(true).unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let r = parse_response(&buf).unwrap();
@@ -560,23 +554,24 @@ async fn shutdown_finishes_in_flight_request_and_turns_readiness_off() {
 
 #[tokio::test]
 async fn shutdown_grace_cuts_what_remains() {
-    let (up, _) = origin(|_req| async move {
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        Response::new(full("never"))
-    })
+    let (up, mut arrived, _never) = gated_origin(&[], "never").await;
+    let gw = gateway(
+        "[limits]\nshutdown_grace = \"200ms\"\n",
+        &[("p.toml", portal_toml(up, ""))],
+    )
     .await;
-    let gw = gateway("[limits]\nshutdown_grace = \"200ms\"\nupstream_response_timeout = \"60s\"\nidle_timeout = \"60s\"\n", &[("p.toml", portal_toml(up, ""))]).await;
     let mut s = TcpStream::connect(gw.http_addr.unwrap()).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: portal.test\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    arrived.recv().await.unwrap();
     gw.begin_shutdown();
     let start = std::time::Instant::now();
     assert_eq!(gw.wait().await, 1);
     assert!(start.elapsed() < Duration::from_secs(5));
     let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
+    s.read_to_end(&mut buf).await.unwrap();
+    assert!(buf.is_empty(), "the cut connection got no response");
 }
 
 #[tokio::test]

@@ -11,10 +11,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
-use http::Response;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc as tmpsc;
 
 const BIN: &str = env!("CARGO_BIN_EXE_consent-gateway");
 
@@ -112,23 +110,7 @@ impl Drop for Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_request_and_exits_zero() {
-    // The origin tells the test when the request has arrived, then answers after `release`.
-    let (arrived_tx, mut arrived) = tmpsc::unbounded_channel::<()>();
-    let (release_tx, release) = tokio::sync::watch::channel(false);
-    let (up, _) = origin(move |_req| {
-        let arrived_tx = arrived_tx.clone();
-        let mut release = release.clone();
-        async move {
-            let _ = arrived_tx.send(());
-            let _ = release.wait_for(|r| *r).await;
-            Response::builder()
-                .header("set-cookie", "sessionid=1")
-                .header("set-cookie", "_ga=1")
-                .body(full("finished"))
-                .unwrap()
-        }
-    })
-    .await;
+    let (up, mut arrived, release_tx) = gated_origin(&["sessionid=1", "_ga=1"], "finished").await;
     let mut gw = Running::start(&portal_toml(up, ""), "[limits]\nshutdown_grace = \"20s\"\n");
     let mut s = TcpStream::connect(gw.http).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: portal.test\r\nConnection: close\r\n\r\n")
@@ -140,7 +122,7 @@ async fn sigterm_finishes_in_flight_request_and_exits_zero() {
     gw.wait_log(|v| {
         v["message"]
             .as_str()
-            .is_some_and(|m| m.starts_with("shutting down"))
+            .is_some_and(|m| m.starts_with("listener closed"))
     });
     let ready = get(gw.admin, "admin", "/readyz", "").await;
     assert_eq!(

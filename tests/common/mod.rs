@@ -267,3 +267,32 @@ pub fn prefs(keys: &[&str]) -> String {
     let raw = format!("{{{},\"timestamp\":1718000000000}}", json.join(","));
     percent_encoding::utf8_percent_encode(&raw, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
+
+/// An origin that reports each request's arrival on the returned receiver and answers (with
+/// these `Set-Cookie` values and `body`) only once the returned sender is set to true.
+pub async fn gated_origin(
+    set_cookies: &'static [&'static str],
+    body: &'static str,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let (arrived_tx, arrived) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (release_tx, release) = tokio::sync::watch::channel(false);
+    let (addr, _) = origin(move |_req| {
+        let arrived_tx = arrived_tx.clone();
+        let mut release = release.clone();
+        async move {
+            let _ = arrived_tx.send(());
+            let _ = release.wait_for(|r| *r).await;
+            let mut b = Response::builder();
+            for c in set_cookies {
+                b = b.header("set-cookie", *c);
+            }
+            b.body(full(body)).unwrap()
+        }
+    })
+    .await;
+    (addr, arrived, release_tx)
+}
