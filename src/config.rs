@@ -154,7 +154,8 @@ struct RawAdmin {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRegistryDir {
-    dir: Spanned<String>,
+    dir: Option<Spanned<String>>,
+    poll_interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -208,6 +209,9 @@ impl Default for Limits {
         }
     }
 }
+
+/// Default of `[registry] poll_interval`.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Smallest `max_header_bytes` accepted (hyper's smallest read buffer).
 pub const MIN_HEADER_BYTES: i64 = 8192;
@@ -289,6 +293,11 @@ pub struct GatewayConfig {
     pub admin: Option<SocketAddr>,
     /// The registry directory (resolved against the file's directory).
     pub registry_dir: PathBuf,
+    /// Watch the registry (and certs) directories and reload on change. False only for
+    /// registries that live in memory (the demo, tests).
+    pub watch: bool,
+    /// How often the directories are re-read in case a change event was lost.
+    pub poll_interval: Duration,
     pub limits: Limits,
     pub trusted_proxies: Vec<Cidr>,
 }
@@ -387,8 +396,19 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         &base,
         raw.registry
             .as_ref()
-            .map_or("hosts", |r| r.dir.get_ref().as_str()),
+            .and_then(|r| r.dir.as_ref())
+            .map_or("hosts", |d| d.get_ref().as_str()),
     );
+    let mut poll_interval = DEFAULT_POLL_INTERVAL;
+    if let Some(v) = raw.registry.as_ref().and_then(|r| r.poll_interval.as_ref()) {
+        match parse_duration(v.get_ref()) {
+            Ok(d) if d >= Duration::from_secs(1) => poll_interval = d,
+            Ok(_) => {
+                errors.push(src.error(v.span(), "registry.poll_interval: must be at least 1s"))
+            }
+            Err(e) => errors.push(src.error(v.span(), format!("registry.poll_interval: {e}"))),
+        }
+    }
 
     let mut limits = Limits::default();
     let l = &raw.limits;
@@ -481,6 +501,8 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         tls,
         admin,
         registry_dir,
+        watch: true,
+        poll_interval,
         limits,
         trusted_proxies,
     })
@@ -916,8 +938,8 @@ pub fn registry_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Loads and compiles every file of a registry directory. All errors of all files are returned.
-pub fn load_registry(dir: &Path) -> Result<Registry, ConfigErrors> {
+/// Reads every file of a registry directory, sorted by name.
+pub fn read_registry(dir: &Path) -> Result<Vec<(PathBuf, String)>, ConfigErrors> {
     let files = registry_files(dir).map_err(|e| {
         ConfigErrors(vec![file_error(
             dir,
@@ -938,15 +960,36 @@ pub fn load_registry(dir: &Path) -> Result<Registry, ConfigErrors> {
             Err(e) => errors.push(file_error(&f, format!("cannot read file: {e}"))),
         }
     }
-    let registry = compile_registry(&texts);
-    match registry {
-        Ok(r) if errors.is_empty() => Ok(r),
-        Ok(_) => Err(ConfigErrors(errors)),
-        Err(ConfigErrors(mut more)) => {
-            errors.append(&mut more);
-            Err(ConfigErrors(errors))
-        }
+    if errors.is_empty() {
+        Ok(texts)
+    } else {
+        Err(ConfigErrors(errors))
     }
+}
+
+/// SHA-256 (hex) over every file's name and content: equal digests, equal registries.
+pub fn registry_digest(files: &[(PathBuf, String)]) -> String {
+    let mut hasher = Sha256::new();
+    for (path, text) in files {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((text.len() as u64).to_le_bytes());
+        hasher.update(text.as_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Loads and compiles every file of a registry directory. All errors of all files are returned.
+pub fn load_registry(dir: &Path) -> Result<Registry, ConfigErrors> {
+    compile_registry(&read_registry(dir)?)
 }
 
 /// Compiles a registry from `(path, text)` pairs (sorted by path by the caller): every file, the

@@ -222,6 +222,8 @@ pub async fn start(port: u16) -> std::io::Result<Demo> {
         tls: None,
         admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         registry_dir: PathBuf::from("demo/hosts"),
+        watch: false,
+        poll_interval: crate::config::DEFAULT_POLL_INTERVAL,
         limits: Limits::default(),
         trusted_proxies: Vec::new(),
     };

@@ -15,7 +15,7 @@ use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::registry::Registry;
-use crate::reload::{Live, ReloadResult};
+use crate::reload::{spawn_watcher, Live, ReloadResult, WatchOptions, WatcherHandle};
 
 /// A gateway that is serving.
 pub struct Gateway {
@@ -30,6 +30,8 @@ pub struct Gateway {
     admin_shutdown: watch::Sender<bool>,
     proxy_task: Option<JoinHandle<usize>>,
     admin_task: Option<JoinHandle<usize>>,
+    /// Registry watcher; `None` when the config asks for no watching.
+    _watcher: Option<WatcherHandle>,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> {
@@ -92,6 +94,17 @@ impl Gateway {
                 listener, handler, limits, None, admin_rx,
             )));
         }
+        let watcher = if config.watch {
+            let opts = WatchOptions::new(vec![config.registry_dir.clone()], config.poll_interval);
+            Some(spawn_watcher(Arc::clone(&live), opts).map_err(|e| {
+                std::io::Error::other(format!(
+                    "cannot watch {}: {e}",
+                    config.registry_dir.display()
+                ))
+            })?)
+        } else {
+            None
+        };
         ready.store(true, Ordering::SeqCst);
         Ok(Gateway {
             http_addr,
@@ -103,6 +116,7 @@ impl Gateway {
             admin_shutdown,
             proxy_task,
             admin_task,
+            _watcher: watcher,
         })
     }
 

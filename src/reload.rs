@@ -1,14 +1,22 @@
 //! The live registry: one handle that readers load a snapshot from, and reloads that swap it.
 //!
 //! Each request loads the [`Snapshot`] once and keeps it to the end, so a request in flight
-//! finishes under the registry it started with. A reload parses and validates everything first
-//! and swaps only on success; an error keeps the last good registry serving.
+//! (and an upgraded tunnel) finishes under the registry it started with. A reload reads every
+//! file, compares the content digest with the one serving (a touch with no change does nothing),
+//! parses and validates everything, and swaps only on success; an error keeps the last good
+//! registry serving.
+//!
+//! [`spawn_watcher`] triggers reloads: `notify` events on the watched directories (the
+//! directories, not the files, so editors that save by rename and Kubernetes' `..data` symlink
+//! swap are seen), debounced, plus a slow poll for filesystems where events are lost.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, ConfigError};
 use crate::metrics::{Metrics, ResultLabel};
@@ -45,6 +53,8 @@ pub struct Live {
     /// Serialises reloads (a watcher event and SIGHUP may race).
     reloading: Mutex<()>,
     metrics: Arc<Metrics>,
+    /// Every finished reload attempt, numbered, for whoever waits on one (tests, tools).
+    status: watch::Sender<(u64, ReloadResult)>,
 }
 
 impl Live {
@@ -62,7 +72,13 @@ impl Live {
             last_error: Mutex::new(None),
             reloading: Mutex::new(()),
             metrics,
+            status: watch::channel((0, ReloadResult::Unchanged)).0,
         }
+    }
+
+    /// Attempts so far and the last result; changes after every reload attempt.
+    pub fn subscribe(&self) -> watch::Receiver<(u64, ReloadResult)> {
+        self.status.subscribe()
     }
 
     /// The snapshot serving now. Hold it for the whole request.
@@ -81,11 +97,21 @@ impl Live {
     /// Re-reads the registry directory and swaps in the result if it is valid and different.
     pub fn reload(&self) -> ReloadResult {
         let _serial = self.reloading.lock();
-        let result = match config::load_registry(&self.dir) {
+        let result = match config::read_registry(&self.dir) {
             Err(e) => ReloadResult::Error(e.0),
-            Ok(registry) => self.install(registry),
+            Ok(files) if config::registry_digest(&files) == self.current.load().registry.digest => {
+                ReloadResult::Unchanged
+            }
+            Ok(files) => match config::compile_registry(&files) {
+                Err(e) => ReloadResult::Error(e.0),
+                Ok(registry) => self.install(registry),
+            },
         };
         self.record(&result);
+        self.status.send_modify(|(n, r)| {
+            *n += 1;
+            *r = result.clone();
+        });
         result
     }
 
@@ -142,6 +168,105 @@ impl Live {
             }
         }
     }
+}
+
+/// How the watcher behaves.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Directories whose changes trigger a reload.
+    pub dirs: Vec<PathBuf>,
+    /// Quiet time after the last event before reloading (a save is often several events).
+    pub debounce: Duration,
+    /// Longest a burst of events may delay a reload.
+    pub max_delay: Duration,
+    /// Re-read everything this often, in case events were lost.
+    pub poll_interval: Duration,
+}
+
+impl WatchOptions {
+    pub fn new(dirs: Vec<PathBuf>, poll_interval: Duration) -> Self {
+        WatchOptions {
+            dirs,
+            debounce: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            poll_interval,
+        }
+    }
+}
+
+/// Keeps the watcher alive; dropping it stops watching.
+pub struct WatcherHandle {
+    _watcher: notify::RecommendedWatcher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WatcherHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Whether an event can mean new content. Access events (opens and reads, our own included)
+/// cannot, and reacting to them would make every reload trigger the next.
+fn is_change(kind: &EventKind) -> bool {
+    !matches!(kind, EventKind::Access(_))
+}
+
+/// Watches `opts.dirs` and reloads `live` on change (debounced), and every `poll_interval`.
+pub fn spawn_watcher(live: Arc<Live>, opts: WatchOptions) -> notify::Result<WatcherHandle> {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(ev) if is_change(&ev.kind) => {
+                // A full channel already holds a pending trigger: nothing is lost.
+                let _ = tx.try_send(());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "file watcher error; the poll fallback still reloads")
+            }
+        })?;
+    for dir in &opts.dirs {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        tracing::info!(dir = %dir.display(), poll_interval = ?opts.poll_interval, "watching for registry changes");
+    }
+    let task = tokio::spawn(async move {
+        let mut poll = tokio::time::interval(opts.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
+        loop {
+            let cause = tokio::select! {
+                got = rx.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    // Debounce: wait for a quiet spell, but not longer than max_delay in all.
+                    let until = tokio::time::Instant::now() + opts.max_delay;
+                    loop {
+                        let quiet = tokio::time::sleep(opts.debounce);
+                        tokio::select! {
+                            more = rx.recv() => if more.is_none() { return },
+                            () = quiet => break,
+                        }
+                        if tokio::time::Instant::now() >= until {
+                            break;
+                        }
+                    }
+                    "change"
+                }
+                _ = poll.tick() => "poll",
+            };
+            let live = Arc::clone(&live);
+            let result = tokio::task::spawn_blocking(move || live.reload()).await;
+            if let Ok(ReloadResult::Success(g)) = result {
+                tracing::debug!(generation = g, cause, "reload applied");
+            }
+        }
+    });
+    Ok(WatcherHandle {
+        _watcher: watcher,
+        task,
+    })
 }
 
 /// `2026-11-23T10:00:00Z` (UTC, whole seconds).

@@ -149,7 +149,9 @@ category = "marketing"
 pub async fn gateway(extra: &str, files: &[(&str, String)]) -> Gateway {
     let text =
         format!("[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}");
-    let cfg = parse_gateway(Path::new("test/gateway.toml"), &text).unwrap();
+    let mut cfg = parse_gateway(Path::new("test/gateway.toml"), &text).unwrap();
+    // The registry lives in memory here: nothing to watch.
+    cfg.watch = false;
     let files: Vec<_> = files
         .iter()
         .map(|(name, text)| (Path::new("test/hosts").join(name), text.clone()))
