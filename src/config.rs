@@ -155,6 +155,7 @@ struct RawAdmin {
 #[serde(deny_unknown_fields)]
 struct RawRegistryDir {
     dir: Option<Spanned<String>>,
+    watch: Option<bool>,
     poll_interval: Option<Spanned<String>>,
 }
 
@@ -293,8 +294,9 @@ pub struct GatewayConfig {
     pub admin: Option<SocketAddr>,
     /// The registry directory (resolved against the file's directory).
     pub registry_dir: PathBuf,
-    /// Watch the registry (and certs) directories and reload on change. False only for
-    /// registries that live in memory (the demo, tests).
+    /// Watch the registry (and certs) directories and reload on change (`[registry] watch`,
+    /// default true). When false, only SIGHUP reloads; registries that live in memory (the
+    /// demo, tests) are never watched.
     pub watch: bool,
     /// How often the directories are re-read in case a change event was lost.
     pub poll_interval: Duration,
@@ -379,6 +381,13 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         errors.push(src.error(
             raw.listen.span(),
             "listen.https: needs a [tls] table with certs_dir",
+        ));
+    }
+    if let Some(v) = &listen.https {
+        // Until TLS termination is built (issue 5), refuse rather than start without the listener.
+        errors.push(src.error(
+            v.span(),
+            "listen.https: TLS termination is not built yet; terminate TLS in front of the gateway and use listen.http",
         ));
     }
     let admin = raw
@@ -501,7 +510,7 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         tls,
         admin,
         registry_dir,
-        watch: true,
+        watch: raw.registry.as_ref().and_then(|r| r.watch).unwrap_or(true),
         poll_interval,
         limits,
         trusted_proxies,
@@ -672,6 +681,13 @@ fn compile_host_file(path: &Path, text: &str) -> Result<CompiledFile, ConfigErro
     let upstream = parse_upstream(raw.upstream.get_ref())
         .map_err(|e| errors.push(src.error(raw.upstream.span(), format!("upstream: {e}"))))
         .ok();
+    if upstream.as_ref().is_some_and(Upstream::is_tls) {
+        // Until the TLS client is built (issue 5), refuse rather than answer every request 502.
+        errors.push(src.error(
+            raw.upstream.span(),
+            "upstream: https:// upstreams are not built yet; use an http:// upstream",
+        ));
+    }
     let upstream_host = raw.upstream_host.as_ref().and_then(|v| {
         let ok = v
             .get_ref()
@@ -998,17 +1014,8 @@ pub fn compile_registry(files: &[(PathBuf, String)]) -> Result<Registry, ConfigE
     let mut errors = Vec::new();
     let mut policies = Vec::new();
     let mut owners: HostTable<PathBuf> = HostTable::default();
-    let mut hasher = Sha256::new();
-    for (path, text) in files {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        hasher.update((name.len() as u64).to_le_bytes());
-        hasher.update(name.as_bytes());
-        hasher.update((text.len() as u64).to_le_bytes());
-        hasher.update(text.as_bytes());
-        match compile_host_file(path, text) {
+    for ((path, text), compiled) in files.iter().zip(compile_files(files)) {
+        match compiled {
             Err(ConfigErrors(mut e)) => errors.append(&mut e),
             Ok(c) => {
                 let src = Source { path, text };
@@ -1031,12 +1038,48 @@ pub fn compile_registry(files: &[(PathBuf, String)]) -> Result<Registry, ConfigE
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    let digest = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(Registry::new(policies, digest))
+    Ok(Registry::new(policies, registry_digest(files)))
+}
+
+/// Compiles every file on its own, spread over the machine's cores (files are independent; the
+/// cross-file checks run after, in file order). Results are in the order of `files`.
+fn compile_files(files: &[(PathBuf, String)]) -> Vec<Result<CompiledFile, ConfigErrors>> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if workers < 2 || files.len() < 16 {
+        return files.iter().map(|(p, t)| compile_host_file(p, t)).collect();
+    }
+    let chunk = files.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(p, t)| compile_host_file(p, t))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(files.chunks(chunk))
+            .flat_map(|(h, part)| {
+                // A compile that panicked is a bug; report it as that file's error, never crash.
+                h.join().unwrap_or_else(|_| {
+                    part.iter()
+                        .map(|(p, _)| {
+                            Err(ConfigErrors(vec![file_error(
+                                p,
+                                "internal error while compiling this file",
+                            )]))
+                        })
+                        .collect()
+                })
+            })
+            .collect()
+    })
 }
 
 /// Loads the gateway file and its registry.
@@ -1145,7 +1188,7 @@ mod tests {
             (format!("{HEAD}[[cookie]]\nname = \"a\"\ncategory = \"x\"\nconsent = []\n"), "6:11: cookie[0]: consent keys must be non-empty strings"),
             (format!("{HEAD}[[cookie]]\nname = \"a\"\ncategory = \"x\"\npath = \"x\"\n"), "6:8: cookie[0]: path \"x\" must start with '/'"),
             (format!("{HEAD}[[cookie]]\nname = \"a\"\ncategory = \"x\"\ndomains = [\"*.x\"]\n"), "6:12: cookie[0]: domains[0]: \"*.x\" is not a domain name"),
-            ("hosts = [\"a\"\n".into(), "2:1: invalid array: expected `]`"),
+            ("hosts = [\"a\"\n".into(), "1:13: unclosed array, expected `]`"),
         ];
         for (text, want) in cases {
             let e = host_err(&text);

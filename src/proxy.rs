@@ -252,15 +252,25 @@ impl Proxy {
                     verdict: d.verdict.metric_label(),
                 })
                 .inc();
-            if d.verdict != Verdict::Keep {
-                tracing::debug!(
+            match d.verdict {
+                Verdict::Keep => {}
+                Verdict::Drop => tracing::debug!(
                     host = %policy.name,
                     cookie = %String::from_utf8_lossy(sc.name),
                     category = d.category(),
                     verdict = d.verdict.as_str(),
                     reason = d.reason.as_str(),
-                    "set-cookie refused"
-                );
+                    "set-cookie dropped"
+                ),
+                // report-only: the SPEC wants each would-be drop logged, not only counted.
+                Verdict::WouldDrop => tracing::info!(
+                    host = %policy.name,
+                    cookie = %String::from_utf8_lossy(sc.name),
+                    category = d.category(),
+                    verdict = d.verdict.as_str(),
+                    reason = d.reason.as_str(),
+                    "set-cookie would be dropped (report-only)"
+                ),
             }
         });
         if summary.any() {

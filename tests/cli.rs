@@ -286,7 +286,7 @@ fn check_refuses_invalid_toml_in_a_host_file() {
         "hosts/a.toml",
         2,
         1,
-        "invalid array",
+        "missing comma between array elements",
     );
 }
 
@@ -298,7 +298,7 @@ fn check_refuses_invalid_toml_in_the_gateway_file() {
         "gateway.toml",
         1,
         8,
-        "invalid table header",
+        "unclosed table",
     );
 }
 
