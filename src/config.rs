@@ -544,6 +544,7 @@ struct RawHostFile {
 struct RawConsent {
     cookie: Option<Spanned<String>>,
     format: Option<Format>,
+    cookiebot_outside_region: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -741,10 +742,21 @@ fn compile_host_file(path: &Path, text: &str) -> Result<CompiledFile, ConfigErro
         Some(c) => c.get_ref().clone(),
         None => format.default_cookie().to_owned(),
     };
-    let consent = ConsentSpec {
-        cookie: consent_cookie,
-        format,
-    };
+    let mut consent = ConsentSpec::new(consent_cookie, format);
+    if let Some(v) = raw
+        .consent
+        .as_ref()
+        .and_then(|c| c.cookiebot_outside_region.as_ref())
+    {
+        if format.has_outside_region() {
+            consent.outside_region = v.get_ref().clone();
+        } else {
+            errors.push(src.error(
+                v.span(),
+                format!("consent.cookiebot_outside_region: only used with format = \"cookiebot\", not {:?}", format.as_str()),
+            ));
+        }
+    }
 
     let mode = raw.mode.unwrap_or(Mode::Enforce);
     let unknown_cookies = raw.unknown_cookies.unwrap_or(UnknownCookies::Drop);

@@ -170,10 +170,7 @@ mod tests {
             true,
             true,
             false,
-            ConsentSpec {
-                cookie: "cookies_preferences".into(),
-                format: Format::Json,
-            },
+            ConsentSpec::new("cookies_preferences", Format::Json),
             vec![],
             vec![
                 e("sessionid", "necessary"),

@@ -114,6 +114,11 @@ impl Format {
         }
     }
 
+    /// Whether `cookiebot_outside_region` means anything for this format.
+    pub fn has_outside_region(self) -> bool {
+        false
+    }
+
     /// Decodes one consent cookie value; `None` when it does not decode.
     pub fn decode(self, value: &[u8]) -> Option<Granted> {
         match self {
@@ -128,9 +133,21 @@ pub struct ConsentSpec {
     /// The consent cookie's exact name.
     pub cookie: String,
     pub format: Format,
+    /// `cookiebot_outside_region`: the keys a value of `-1` grants (cookiebot only; empty by
+    /// default, so a visitor outside a consent region is granted nothing).
+    pub outside_region: Vec<String>,
 }
 
 impl ConsentSpec {
+    /// A spec with no `cookiebot_outside_region` grants.
+    pub fn new(cookie: impl Into<String>, format: Format) -> Self {
+        ConsentSpec {
+            cookie: cookie.into(),
+            format,
+            outside_region: Vec::new(),
+        }
+    }
+
     /// Whether a cookie name is the consent cookie (always necessary).
     pub fn is_consent_cookie(&self, name: &[u8]) -> bool {
         name == self.cookie.as_bytes()
@@ -191,10 +208,7 @@ mod tests {
     use crate::request_cookies::pairs;
 
     fn spec() -> ConsentSpec {
-        ConsentSpec {
-            cookie: "cookies_preferences".into(),
-            format: Format::Json,
-        }
+        ConsentSpec::new("cookies_preferences", Format::Json)
     }
 
     #[test]
