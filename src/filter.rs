@@ -1,16 +1,19 @@
-//! Applying the decision to a response's headers.
+//! Applying the decision to a request's and a response's headers.
 //!
-//! Pure over `http::HeaderMap`. Kept `Set-Cookie` headers are forwarded byte for byte and in
-//! order; dropped ones are removed; nothing is merged, split or added here.
+//! Pure over `http::HeaderMap`. Response side ([`filter_set_cookies`]): kept `Set-Cookie` headers
+//! are forwarded byte for byte and in order; dropped ones are removed; none is merged or split.
+//! Request side ([`strip_request`]): refused browser cookies are removed from the `Cookie` header
+//! sent upstream and remembered, so that [`purge`] can add a deletion for each to the response.
 
 use std::borrow::Cow;
 
-use http::header::{SET_COOKIE, VARY};
+use http::header::{COOKIE, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderValue};
 
 use crate::consent::{Consent, Source};
-use crate::policy::{decide, Decision, Verdict};
-use crate::registry::HostPolicy;
+use crate::policy::{decide, judge_entry, Decision, Reason, Verdict};
+use crate::registry::{CookieEntry, HostPolicy, Mode, UnknownCookies};
+use crate::request_cookies::all_pairs;
 use crate::set_cookie::SetCookie;
 
 /// Counts of one filtered response.
@@ -66,17 +69,58 @@ pub fn filter_set_cookies(
     request_consent: &Consent,
     headers: &mut HeaderMap,
     now: i64,
+    observe: impl FnMut(&SetCookie<'_>, &Decision<'_>),
+) -> Summary {
+    if !headers.contains_key(SET_COOKIE) {
+        return Summary::default();
+    }
+    let consent = response_consent(policy, request_consent, headers, now);
+    filter_with(policy, &consent, headers, now, observe)
+}
+
+/// The whole response side, between the upstream response and the downstream one: the
+/// `Set-Cookie` filter and purging, both under the consent in effect for the response. Returns
+/// the filter's counts and how many cookies were (or would be) purged.
+pub fn filter_response(
+    policy: &HostPolicy,
+    request_consent: &Consent,
+    side: &RequestSide<'_>,
+    headers: &mut HeaderMap,
+    now: i64,
+    observe: impl FnMut(&SetCookie<'_>, &Decision<'_>),
+) -> (Summary, usize) {
+    let consent = response_consent(policy, request_consent, headers, now);
+    // Which candidates the upstream sets itself, read before the filter drops any header.
+    let set_by_upstream: Vec<bool> = side
+        .candidates
+        .iter()
+        .map(|c| {
+            headers
+                .get_all(SET_COOKIE)
+                .iter()
+                .any(|v| SetCookie::parse(v.as_bytes(), now).name == c.name.as_slice())
+        })
+        .collect();
+    let summary = filter_with(policy, &consent, headers, now, observe);
+    let purged = purge(policy, &consent, side, &set_by_upstream, headers);
+    (summary, purged)
+}
+
+fn filter_with(
+    policy: &HostPolicy,
+    consent: &Consent,
+    headers: &mut HeaderMap,
+    now: i64,
     mut observe: impl FnMut(&SetCookie<'_>, &Decision<'_>),
 ) -> Summary {
     let mut summary = Summary::default();
     if !headers.contains_key(SET_COOKIE) {
         return summary;
     }
-    let consent = response_consent(policy, request_consent, headers, now);
     let mut verdicts: Vec<Verdict> = Vec::new();
     for value in headers.get_all(SET_COOKIE) {
         let sc = SetCookie::parse(value.as_bytes(), now);
-        let d = decide(policy, &consent, &sc);
+        let d = decide(policy, consent, &sc);
         observe(&sc, &d);
         match d.verdict {
             Verdict::Keep => summary.kept += 1,
@@ -97,6 +141,181 @@ pub fn filter_set_cookies(
         }
     }
     summary
+}
+
+/// A browser cookie that consent may refuse, remembered from the request for purging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate<'p> {
+    pub name: Vec<u8>,
+    /// Its registry entry; `None` for an unknown cookie.
+    pub entry: Option<&'p CookieEntry>,
+}
+
+/// What the request side did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestSide<'p> {
+    /// Cookies removed from the `Cookie` header (or that would be, in report-only mode).
+    pub stripped: usize,
+    /// Browser cookies that consent may refuse, by name, once each: registry cookies that are not
+    /// necessary, and unknown ones under `purge_unknown`. Judged again at response time.
+    pub candidates: Vec<Candidate<'p>>,
+}
+
+/// Whether a browser cookie may pass, and if not why.
+fn judge_request_cookie(policy: &HostPolicy, consent: &Consent, name: &[u8]) -> Result<(), Reason> {
+    if policy.consent.is_consent_cookie(name) {
+        return Ok(());
+    }
+    match policy.lookup(name) {
+        None => match policy.unknown_cookies {
+            UnknownCookies::Keep => Ok(()),
+            UnknownCookies::Drop => Err(Reason::Unknown),
+        },
+        Some(e) => match judge_entry(e, consent) {
+            None | Some(Reason::Granted) => Ok(()),
+            Some(r) => Err(r),
+        },
+    }
+}
+
+/// Request side. With `strip_request_cookies` in enforce mode, removes the cookies consent does
+/// not allow from the `Cookie` header(s), writing the kept pairs back as one header; the consent
+/// cookie and necessary cookies always pass. Returns the count and the purge candidates.
+pub fn strip_request<'p>(
+    policy: &'p HostPolicy,
+    consent: &Consent,
+    headers: &mut HeaderMap,
+) -> RequestSide<'p> {
+    let mut side = RequestSide::default();
+    if !headers.contains_key(COOKIE) {
+        return side;
+    }
+    let mut kept: Vec<u8> = Vec::new();
+    let mut refused_any = false;
+    for pair in all_pairs(headers.get_all(COOKIE)) {
+        let verdict = judge_request_cookie(policy, consent, pair.name);
+        if verdict.is_err() {
+            refused_any = true;
+            side.stripped += 1;
+        } else {
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            if !pair.name.is_empty() {
+                kept.extend_from_slice(pair.name);
+                kept.push(b'=');
+            }
+            kept.extend_from_slice(pair.value);
+        }
+        let entry = policy.lookup(pair.name);
+        let candidate = match entry {
+            Some(e) => !e.necessary && !policy.consent.is_consent_cookie(pair.name),
+            None => {
+                policy.purge_unknown
+                    && !pair.name.is_empty()
+                    && !policy.consent.is_consent_cookie(pair.name)
+            }
+        };
+        if candidate && !side.candidates.iter().any(|c| c.name == pair.name) {
+            side.candidates.push(Candidate {
+                name: pair.name.to_vec(),
+                entry,
+            });
+        }
+    }
+    let enforce = policy.strip_request_cookies && policy.mode == Mode::Enforce;
+    if enforce && refused_any {
+        if kept.is_empty() {
+            headers.remove(COOKIE);
+        } else if let Ok(v) = HeaderValue::from_bytes(&kept) {
+            headers.insert(COOKIE, v);
+        }
+    } else if headers.get_all(COOKIE).iter().nth(1).is_some() {
+        // Several Cookie headers (HTTP/2 style) go upstream as one, as RFC 9113 §8.2.3 asks.
+        let joined: Vec<&[u8]> = headers
+            .get_all(COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+            headers.insert(COOKIE, v);
+        }
+    }
+    if !policy.strip_request_cookies {
+        side.stripped = 0;
+    }
+    side
+}
+
+/// The `Expires` of a purge deletion: long past by any clock.
+const EPOCH: &str = "Thu, 01 Jan 1970 00:00:00 GMT";
+
+/// Response side of purging: for each candidate the consent in effect does not grant, and that
+/// the upstream does not set itself in this response (`set_by_upstream`, by candidate), appends
+/// deletions (see [`deletions`]). Adds nothing unless `purge` is on in enforce mode; returns how
+/// many cookies were (or would be) purged.
+fn purge(
+    policy: &HostPolicy,
+    consent: &Consent,
+    side: &RequestSide<'_>,
+    set_by_upstream: &[bool],
+    headers: &mut HeaderMap,
+) -> usize {
+    if !policy.purge {
+        return 0;
+    }
+    let mut purged = 0;
+    for (c, set_here) in side.candidates.iter().zip(set_by_upstream) {
+        if *set_here || judge_request_cookie(policy, consent, &c.name).is_ok() {
+            continue;
+        }
+        purged += 1;
+        if policy.mode != Mode::Enforce {
+            continue;
+        }
+        for value in deletions(&c.name, c.entry) {
+            if let Ok(v) = HeaderValue::from_bytes(&value) {
+                headers.append(SET_COOKIE, v);
+            }
+        }
+    }
+    purged
+}
+
+/// The deletion headers for one cookie name: `name=; Max-Age=0; Expires=<past>; Path=<path>`,
+/// host-only and once per `domains` value; a `__Host-` name gets `Secure; Path=/` and no
+/// `Domain`, a `__Secure-` name gets `Secure` (RFC 6265bis §4.1.3).
+pub fn deletions(name: &[u8], entry: Option<&CookieEntry>) -> Vec<Vec<u8>> {
+    let base = |path: &str| {
+        let mut v = name.to_vec();
+        v.extend_from_slice(b"=; Max-Age=0; Expires=");
+        v.extend_from_slice(EPOCH.as_bytes());
+        v.extend_from_slice(b"; Path=");
+        v.extend_from_slice(path.as_bytes());
+        v
+    };
+    if name.starts_with(b"__Host-") {
+        let mut v = base("/");
+        v.extend_from_slice(b"; Secure");
+        return vec![v];
+    }
+    let secure = name.starts_with(b"__Secure-");
+    let path = entry.map_or("/", |e| e.path.as_str());
+    let domains: &[String] = entry.map_or(&[], |e| &e.domains);
+    std::iter::once(None)
+        .chain(domains.iter().map(Some))
+        .map(|domain| {
+            let mut v = base(path);
+            if let Some(d) = domain {
+                v.extend_from_slice(b"; Domain=");
+                v.extend_from_slice(d.as_bytes());
+            }
+            if secure {
+                v.extend_from_slice(b"; Secure");
+            }
+            v
+        })
+        .collect()
 }
 
 /// Adds `Cookie` to `Vary`, merged with what is there: left alone when `Vary` already names
@@ -324,6 +543,182 @@ mod tests {
         let before = h.clone();
         assert!(!filter_set_cookies(&p, &consent(&[]), &mut h, NOW, |_, _| {}).any());
         assert_eq!(h, before);
+    }
+
+    fn policy_from(extra: &str) -> HostPolicy {
+        let text = format!(
+            "hosts = [\"t.example\"]\nupstream = \"http://127.0.0.1:1\"\n{extra}\n\
+             [[cookie]]\nname = \"sessionid\"\ncategory = \"necessary\"\n\
+             [[cookie]]\nname = \"_ga\"\ncategory = \"statistical\"\nconsent = \"ga\"\ndomains = [\".t.example\", \"example\"]\n\
+             [[cookie]]\nprefix = \"_pk_id.\"\ncategory = \"statistical\"\nconsent = \"matomo\"\npath = \"/app\"\n\
+             [[cookie]]\nname = \"__Host-track\"\ncategory = \"marketing\"\ndomains = [\".t.example\"]\n\
+             [[cookie]]\nname = \"__Secure-ads\"\ncategory = \"marketing\"\n"
+        );
+        crate::config::parse_host_file(std::path::Path::new("t.toml"), &text).unwrap()
+    }
+
+    fn request(cookie: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_str(cookie).unwrap());
+        h
+    }
+
+    #[test]
+    fn refused_browser_cookies_are_stripped_and_the_rest_kept_in_order() {
+        let p = policy_from("");
+        let mut h =
+            request("sessionid=s1; _ga=GA1; cookies_preferences=[\"ga\"]; _pk_id.1.ab=x; zz=1");
+        let side = strip_request(&p, &consent(&["ga"]), &mut h);
+        assert_eq!(
+            h.get(COOKIE).unwrap(),
+            "sessionid=s1; _ga=GA1; cookies_preferences=[\"ga\"]"
+        );
+        assert_eq!(side.stripped, 2);
+        let names: Vec<&[u8]> = side.candidates.iter().map(|c| c.name.as_slice()).collect();
+        assert_eq!(
+            names,
+            vec![&b"_ga"[..], b"_pk_id.1.ab"],
+            "unknown zz is no candidate without purge_unknown"
+        );
+    }
+
+    #[test]
+    fn nothing_refused_leaves_the_cookie_header_untouched() {
+        let p = policy_from("");
+        let mut h = request("sessionid=s1;_ga=GA1");
+        strip_request(&p, &consent(&["ga"]), &mut h);
+        assert_eq!(h.get(COOKIE).unwrap(), "sessionid=s1;_ga=GA1");
+    }
+
+    #[test]
+    fn only_refused_cookies_removes_the_header() {
+        let p = policy_from("");
+        let mut h = request("_ga=1; zz=2");
+        strip_request(&p, &consent(&[]), &mut h);
+        assert!(!h.contains_key(COOKIE));
+    }
+
+    #[test]
+    fn strip_off_or_report_only_leaves_the_header() {
+        for extra in ["strip_request_cookies = false", "mode = \"report-only\""] {
+            let p = policy_from(extra);
+            let mut h = request("_ga=1; zz=2");
+            let side = strip_request(&p, &consent(&[]), &mut h);
+            assert_eq!(h.get(COOKIE).unwrap(), "_ga=1; zz=2", "{extra}");
+            assert_eq!(
+                side.stripped,
+                if extra.starts_with("mode") { 2 } else { 0 },
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn several_cookie_headers_go_upstream_as_one() {
+        let p = policy_from("");
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("sessionid=1"));
+        h.append(COOKIE, HeaderValue::from_static("_ga=2"));
+        strip_request(&p, &consent(&["ga"]), &mut h);
+        assert_eq!(
+            h.get_all(COOKIE).iter().collect::<Vec<_>>(),
+            vec!["sessionid=1; _ga=2"]
+        );
+    }
+
+    fn purged_with(
+        extra: &str,
+        cookie: &str,
+        keys: &[&str],
+        upstream_sets: &[&str],
+    ) -> Vec<String> {
+        let p = policy_from(extra);
+        let c = consent(keys);
+        let mut req = request(cookie);
+        let side = strip_request(&p, &c, &mut req);
+        let mut resp = headers(upstream_sets);
+        filter_response(&p, &c, &side, &mut resp, NOW, |_, _| {});
+        set_cookies(&resp).into_iter().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn purge_expires_each_variant_once() {
+        let got = purged_with("", "_ga=1; _ga=2; sessionid=3", &[], &[]);
+        assert_eq!(
+            got,
+            vec![
+                "_ga=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/",
+                "_ga=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Domain=.t.example",
+                "_ga=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Domain=example",
+            ]
+        );
+    }
+
+    #[test]
+    fn purge_uses_the_entry_path_and_the_sent_name() {
+        let got = purged_with("", "_pk_id.1.ab=x", &[], &[]);
+        assert_eq!(
+            got,
+            vec!["_pk_id.1.ab=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/app"]
+        );
+    }
+
+    #[test]
+    fn prefixed_names_get_valid_deletions() {
+        let got = purged_with("", "__Host-track=1; __Secure-ads=2", &[], &[]);
+        assert_eq!(
+            got,
+            vec![
+                // __Host-: Secure, Path=/, never a Domain (its domains are ignored).
+                "__Host-track=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Secure",
+                "__Secure-ads=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Secure",
+            ]
+        );
+        for v in &got {
+            let sc = SetCookie::parse(v.as_bytes(), NOW);
+            assert!(sc.is_deletion, "{v}");
+        }
+    }
+
+    #[test]
+    fn purge_skips_granted_necessary_and_upstream_set_cookies() {
+        assert!(purged_with(
+            "",
+            "_ga=1; sessionid=2; cookies_preferences=x",
+            &["ga"],
+            &[]
+        )
+        .is_empty());
+        // The upstream sets _ga itself in this response (and it is dropped): no purge added.
+        assert!(purged_with("", "_ga=1", &[], &["_ga=new"]).is_empty());
+    }
+
+    #[test]
+    fn purge_judges_by_the_consent_in_effect_for_the_response() {
+        let got = purged_with("", "_ga=1", &[], &["cookies_preferences=[\"ga\"]"]);
+        assert_eq!(got, vec!["cookies_preferences=[\"ga\"]"]);
+        let got = purged_with("", "_ga=1", &["ga"], &["cookies_preferences=; Max-Age=0"]);
+        assert_eq!(
+            got.len(),
+            4,
+            "consent withdrawn in the response: _ga purged (3 variants) {got:?}"
+        );
+    }
+
+    #[test]
+    fn purge_unknown_extends_to_unknown_cookies() {
+        assert!(purged_with("", "zz=1", &[], &[]).is_empty());
+        let got = purged_with("purge_unknown = true", "zz=1", &[], &[]);
+        assert_eq!(
+            got,
+            vec!["zz=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/"]
+        );
+    }
+
+    #[test]
+    fn purge_off_or_report_only_adds_nothing() {
+        assert!(purged_with("purge = false", "_ga=1", &[], &[]).is_empty());
+        assert!(purged_with("mode = \"report-only\"", "_ga=1", &[], &[]).is_empty());
     }
 
     #[test]

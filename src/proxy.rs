@@ -21,10 +21,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use crate::body::{IdleBody, ProxyBody};
 use crate::config::{Cidr, Limits};
 use crate::error::ProxyError;
-use crate::filter::{add_vary_cookie, filter_set_cookies, Summary};
-use crate::metrics::{CookieLabels, HostCode, HostKind, Metrics};
+use crate::filter::{add_vary_cookie, filter_response, strip_request, Summary};
+use crate::metrics::{CookieLabels, HostAction, HostCode, HostKind, Metrics};
 use crate::policy::Verdict;
-use crate::registry::HostPolicy;
+use crate::registry::{HostPolicy, Mode};
 use crate::reload::Live;
 
 /// The body sent upstream: the client's, with an idle timeout.
@@ -65,6 +65,10 @@ struct Outcome {
     host: Option<String>,
     upstream: Option<String>,
     cookies: Summary,
+    /// Browser cookies stripped from the request (would be, in report-only mode).
+    stripped: usize,
+    /// Browser cookies purged in the response (would be, in report-only mode).
+    purged: usize,
 }
 
 /// Headers that only concern one connection (RFC 9110 §7.6.1), besides those `Connection` names.
@@ -146,6 +150,8 @@ impl Proxy {
             cookies_kept = outcome.cookies.kept,
             cookies_dropped = outcome.cookies.dropped,
             cookies_would_drop = outcome.cookies.would_drop,
+            cookies_stripped = outcome.stripped,
+            cookies_purged = outcome.purged,
         );
         self.metrics
             .requests
@@ -175,6 +181,7 @@ impl Proxy {
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
+        let side = strip_request(policy, &consent, &mut parts.headers);
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::EXPECT);
         if let Some(proto) = &upgrade {
@@ -243,40 +250,62 @@ impl Proxy {
 
         let now = crate::unix_now();
         let metrics = &self.metrics;
-        let summary = filter_set_cookies(policy, &consent, &mut parts.headers, now, |sc, d| {
-            metrics
-                .set_cookie
-                .get_or_create(&CookieLabels {
-                    host: policy.name.clone(),
-                    category: d.category().to_owned(),
-                    verdict: d.verdict.metric_label(),
-                })
-                .inc();
-            match d.verdict {
-                Verdict::Keep => {}
-                Verdict::Drop => tracing::debug!(
-                    host = %policy.name,
-                    cookie = %String::from_utf8_lossy(sc.name),
-                    category = d.category(),
-                    verdict = d.verdict.as_str(),
-                    reason = d.reason.as_str(),
-                    "set-cookie dropped"
-                ),
-                // report-only: the SPEC wants each would-be drop logged, not only counted.
-                Verdict::WouldDrop => tracing::info!(
-                    host = %policy.name,
-                    cookie = %String::from_utf8_lossy(sc.name),
-                    category = d.category(),
-                    verdict = d.verdict.as_str(),
-                    reason = d.reason.as_str(),
-                    "set-cookie would be dropped (report-only)"
-                ),
-            }
-        });
-        if summary.any() {
+        let (summary, purged) =
+            filter_response(policy, &consent, &side, &mut parts.headers, now, |sc, d| {
+                metrics
+                    .set_cookie
+                    .get_or_create(&CookieLabels {
+                        host: policy.name.clone(),
+                        category: d.category().to_owned(),
+                        verdict: d.verdict.metric_label(),
+                    })
+                    .inc();
+                match d.verdict {
+                    Verdict::Keep => {}
+                    Verdict::Drop => tracing::debug!(
+                        host = %policy.name,
+                        cookie = %String::from_utf8_lossy(sc.name),
+                        category = d.category(),
+                        verdict = d.verdict.as_str(),
+                        reason = d.reason.as_str(),
+                        "set-cookie dropped"
+                    ),
+                    // report-only: the SPEC wants each would-be drop logged, not only counted.
+                    Verdict::WouldDrop => tracing::info!(
+                        host = %policy.name,
+                        cookie = %String::from_utf8_lossy(sc.name),
+                        category = d.category(),
+                        verdict = d.verdict.as_str(),
+                        reason = d.reason.as_str(),
+                        "set-cookie would be dropped (report-only)"
+                    ),
+                }
+            });
+        let enforce = policy.mode == Mode::Enforce;
+        if summary.any() || (purged > 0 && enforce) {
             add_vary_cookie(&mut parts.headers);
         }
+        self.count_request_cookies(
+            policy,
+            side.stripped,
+            if enforce { "stripped" } else { "would_strip" },
+        );
+        self.count_request_cookies(
+            policy,
+            purged,
+            if enforce { "purged" } else { "would_purge" },
+        );
+        if !enforce && (side.stripped > 0 || purged > 0) {
+            tracing::info!(
+                host = %policy.name,
+                would_strip = side.stripped,
+                would_purge = purged,
+                "browser cookies refused by consent (report-only: nothing changed)"
+            );
+        }
         outcome.cookies = summary;
+        outcome.stripped = side.stripped;
+        outcome.purged = purged;
 
         if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
             let held = Arc::clone(&snapshot);
@@ -298,6 +327,18 @@ impl Proxy {
             parts,
             ProxyBody::Upstream(IdleBody::new(body, self.limits.idle_timeout)),
         ))
+    }
+
+    fn count_request_cookies(&self, policy: &HostPolicy, n: usize, action: &'static str) {
+        if n > 0 {
+            self.metrics
+                .request_cookies
+                .get_or_create(&HostAction {
+                    host: policy.name.clone(),
+                    action,
+                })
+                .inc_by(n as u64);
+        }
     }
 
     /// `X-Forwarded-For`, `-Proto` and `-Host`: kept (and appended to) only from trusted proxies.
