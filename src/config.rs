@@ -383,13 +383,6 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
             "listen.https: needs a [tls] table with certs_dir",
         ));
     }
-    if let Some(v) = &listen.https {
-        // Until TLS termination is built (issue 5), refuse rather than start without the listener.
-        errors.push(src.error(
-            v.span(),
-            "listen.https: TLS termination is not built yet; terminate TLS in front of the gateway and use listen.http",
-        ));
-    }
     let admin = raw
         .admin
         .as_ref()
@@ -682,13 +675,6 @@ fn compile_host_file(path: &Path, text: &str) -> Result<CompiledFile, ConfigErro
     let upstream = parse_upstream(raw.upstream.get_ref())
         .map_err(|e| errors.push(src.error(raw.upstream.span(), format!("upstream: {e}"))))
         .ok();
-    if upstream.as_ref().is_some_and(Upstream::is_tls) {
-        // Until the TLS client is built (issue 5), refuse rather than answer every request 502.
-        errors.push(src.error(
-            raw.upstream.span(),
-            "upstream: https:// upstreams are not built yet; use an http:// upstream",
-        ));
-    }
     let upstream_host = raw.upstream_host.as_ref().and_then(|v| {
         let ok = v
             .get_ref()

@@ -199,7 +199,7 @@ impl Demo {
 
 /// Starts the sample portal and the gateway on loopback. The gateway listens on `port`, or on
 /// any free port when `port` is 0 or taken.
-pub async fn start(port: u16) -> std::io::Result<Demo> {
+pub async fn start(port: u16) -> Result<Demo, crate::gateway::StartError> {
     let origin_listener = TcpListener::bind("127.0.0.1:0").await?;
     let origin = origin_listener.local_addr()?;
     let (origin_stop, stop_rx) = watch::channel(false);
@@ -210,6 +210,7 @@ pub async fn start(port: u16) -> std::io::Result<Demo> {
         Limits::default(),
         None,
         stop_rx,
+        None,
     ));
 
     let file = PathBuf::from("demo/hosts/demo.toml");

@@ -11,16 +11,28 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
-use crate::config::GatewayConfig;
+use crate::config::{ConfigError, GatewayConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::registry::Registry;
 use crate::reload::{spawn_watcher, Live, ReloadResult, WatchOptions, WatcherHandle};
+use crate::tls::{self, CertStore, Upstreams};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Certs(Vec<ConfigError>),
+}
 
 /// A gateway that is serving.
 pub struct Gateway {
     /// The bound proxy address (useful when the config asked for port 0).
     pub http_addr: Option<SocketAddr>,
+    /// The bound https address.
+    pub https_addr: Option<SocketAddr>,
     /// The bound admin address.
     pub admin_addr: Option<SocketAddr>,
     pub live: Arc<Live>,
@@ -28,9 +40,9 @@ pub struct Gateway {
     ready: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     admin_shutdown: watch::Sender<bool>,
-    proxy_task: Option<JoinHandle<usize>>,
+    proxy_tasks: Vec<JoinHandle<usize>>,
     admin_task: Option<JoinHandle<usize>>,
-    /// Registry watcher; `None` when the config asks for no watching.
+    /// Registry and certs watcher; `None` when the config asks for no watching.
     _watcher: Option<WatcherHandle>,
 }
 
@@ -41,37 +53,68 @@ async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> {
 }
 
 impl Gateway {
-    /// Binds every listener of `config` and starts serving `registry`.
-    pub async fn start(config: &GatewayConfig, registry: Registry) -> std::io::Result<Gateway> {
+    /// Loads the certificates (with `[tls]`), binds every listener of `config` and starts
+    /// serving `registry`.
+    pub async fn start(config: &GatewayConfig, registry: Registry) -> Result<Gateway, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let live = Arc::new(Live::new(
+        let certs = match &config.tls {
+            Some(t) => {
+                let set = tls::load_certs(&t.certs_dir, t.default_cert.as_deref())
+                    .map_err(StartError::Certs)?;
+                Some(Arc::new(CertStore::new(
+                    set,
+                    t.certs_dir.clone(),
+                    t.default_cert.clone(),
+                )))
+            }
+            None => None,
+        };
+        let live = Arc::new(Live::with_certs(
             registry,
             config.registry_dir.clone(),
             Arc::clone(&metrics),
+            certs.clone(),
         ));
+        let upstreams = Arc::new(Upstreams::new(config.limits.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (admin_shutdown, admin_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
 
-        let mut proxy_task = None;
-        let mut http_addr = None;
-        if let Some(addr) = config.listen_http {
-            let listener = bind(addr, "listen.http").await?;
-            http_addr = Some(listener.local_addr()?);
+        let mut proxy_tasks = Vec::new();
+        let listeners = [
+            (config.listen_http, "listen.http", "http"),
+            (config.listen_https, "listen.https", "https"),
+        ];
+        let mut bound = [None, None];
+        for (i, (addr, what, scheme)) in listeners.into_iter().enumerate() {
+            let Some(addr) = addr else { continue };
+            let acceptor = match (scheme, &certs) {
+                ("https", Some(store)) => {
+                    let cfg = tls::server_config(Arc::clone(store))
+                        .map_err(|e| std::io::Error::other(format!("TLS configuration: {e}")))?;
+                    Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+                }
+                ("https", None) => continue,
+                _ => None,
+            };
+            let listener = bind(addr, what).await?;
+            bound[i] = Some(listener.local_addr()?);
             let proxy = Arc::new(Proxy::new(
                 Arc::clone(&live),
+                Arc::clone(&upstreams),
                 Arc::clone(&metrics),
                 config.limits.clone(),
                 config.trusted_proxies.clone(),
-                "http",
+                scheme,
             ));
             let handler = move |req, peer| Arc::clone(&proxy).handle(req, peer);
-            proxy_task = Some(tokio::spawn(crate::server::serve(
+            proxy_tasks.push(tokio::spawn(crate::server::serve(
                 listener,
                 handler,
                 config.limits.clone(),
                 Some(Arc::clone(&metrics)),
                 shutdown_rx.clone(),
+                acceptor,
             )));
         }
         let mut admin_task = None;
@@ -91,42 +134,45 @@ impl Gateway {
             let mut limits = config.limits.clone();
             limits.max_connections = 64;
             admin_task = Some(tokio::spawn(crate::server::serve(
-                listener, handler, limits, None, admin_rx,
+                listener, handler, limits, None, admin_rx, None,
             )));
         }
         let watcher = if config.watch {
-            let opts = WatchOptions::new(vec![config.registry_dir.clone()], config.poll_interval);
-            Some(spawn_watcher(Arc::clone(&live), opts).map_err(|e| {
-                std::io::Error::other(format!(
-                    "cannot watch {}: {e}",
-                    config.registry_dir.display()
-                ))
-            })?)
+            let mut dirs = vec![config.registry_dir.clone()];
+            if let Some(t) = &config.tls {
+                dirs.push(t.certs_dir.clone());
+            }
+            let opts = WatchOptions::new(dirs, config.poll_interval);
+            Some(
+                spawn_watcher(Arc::clone(&live), opts)
+                    .map_err(|e| std::io::Error::other(format!("cannot watch for changes: {e}")))?,
+            )
         } else {
             None
         };
         ready.store(true, Ordering::SeqCst);
         Ok(Gateway {
-            http_addr,
+            http_addr: bound[0],
+            https_addr: bound[1],
             admin_addr,
             live,
             metrics,
             ready,
             shutdown,
             admin_shutdown,
-            proxy_task,
+            proxy_tasks,
             admin_task,
             _watcher: watcher,
         })
     }
 
-    /// Re-reads the registry directory (SIGHUP).
+    /// Re-reads the registry and certs directories (SIGHUP).
     pub async fn reload(&self) -> ReloadResult {
         let live = Arc::clone(&self.live);
         tokio::task::spawn_blocking(move || live.reload())
             .await
             .unwrap_or_else(|e| {
-                ReloadResult::Error(vec![crate::config::ConfigError {
+                ReloadResult::Error(vec![ConfigError {
                     file: self.live.dir().to_owned(),
                     line: 1,
                     column: 1,
@@ -135,7 +181,7 @@ impl Gateway {
             })
     }
 
-    /// Starts the drain: `/readyz` turns 503 and the proxy listener closes.
+    /// Starts the drain: `/readyz` turns 503 and the proxy listeners close.
     pub fn begin_shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
@@ -144,10 +190,10 @@ impl Gateway {
     /// Waits for the drain to end, then stops the admin listener. Returns how many connections
     /// were cut at the end of the grace period.
     pub async fn wait(mut self) -> usize {
-        let cut = match self.proxy_task.take() {
-            Some(t) => t.await.unwrap_or(0),
-            None => 0,
-        };
+        let mut cut = 0;
+        for t in self.proxy_tasks.drain(..) {
+            cut += t.await.unwrap_or(0);
+        }
         let _ = self.admin_shutdown.send(true);
         if let Some(t) = self.admin_task.take() {
             let _ = t.await;

@@ -44,6 +44,7 @@ pub mod reload;
 pub mod request_cookies;
 pub mod server;
 pub mod set_cookie;
+pub mod tls;
 
 /// Seconds since the Unix epoch by the system clock (0 if the clock is before 1970).
 pub fn unix_now() -> i64 {

@@ -197,7 +197,7 @@ async fn demo(port: u16) -> ExitCode {
 
 fn check(path: &Path) -> ExitCode {
     match config::load(path) {
-        Ok((_, registry)) => {
+        Ok((cfg, registry)) => {
             for p in &registry.policies {
                 let hosts: Vec<String> = p.hosts.iter().map(ToString::to_string).collect();
                 println!(
@@ -211,10 +211,50 @@ fn check(path: &Path) -> ExitCode {
                     p.consent.cookie,
                 );
             }
-            ExitCode::SUCCESS
+            match &cfg.tls {
+                Some(t) => check_certs(&t.certs_dir, t.default_cert.as_deref()),
+                None => ExitCode::SUCCESS,
+            }
         }
         Err(errors) => {
             eprintln!("{errors}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Certificates expiring sooner than this get a warning from `check`.
+const EXPIRY_WARNING_DAYS: i64 = 14;
+
+fn check_certs(dir: &Path, default: Option<&str>) -> ExitCode {
+    match consent_gateway::tls::load_certs(dir, default) {
+        Ok(set) => {
+            let now = consent_gateway::unix_now();
+            for c in &set.certs {
+                let days = (c.not_after - now).div_euclid(86_400);
+                let at = consent_gateway::reload::rfc3339(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::from_secs(u64::try_from(c.not_after).unwrap_or(0)),
+                );
+                println!(
+                    "{}: certificate {} valid until {at} ({days} days)",
+                    c.file.display(),
+                    c.name
+                );
+                if days < EXPIRY_WARNING_DAYS {
+                    eprintln!(
+                        "{}:1:1: warning: certificate {} expires in {days} days ({at})",
+                        c.file.display(),
+                        c.name
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
             ExitCode::from(1)
         }
     }

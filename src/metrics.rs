@@ -33,6 +33,11 @@ pub struct HostKind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabel {
+    pub host: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HostAction {
     pub host: String,
     pub action: &'static str,
@@ -61,6 +66,9 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// `consent_gateway_connections_refused_total`: over `max_connections`.
     pub connections_refused: Counter,
+    /// `consent_gateway_tls_cert_not_after{host}`: seconds since the epoch; `host` is the
+    /// certificate's file name without `.crt`.
+    pub tls_cert_not_after: Family<HostLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -136,8 +144,15 @@ impl Metrics {
             "Client connections refused over max_connections",
             connections_refused.clone(),
         );
+        let tls_cert_not_after = Family::<HostLabel, Gauge>::default();
+        registry.register(
+            "tls_cert_not_after",
+            "Expiry of each served certificate, seconds since the epoch",
+            tls_cert_not_after.clone(),
+        );
         Metrics {
             registry,
+            tls_cert_not_after,
             requests,
             duration,
             set_cookie,
@@ -148,6 +163,18 @@ impl Metrics {
             upstream_errors,
             connections_open,
             connections_refused,
+        }
+    }
+
+    /// Sets `consent_gateway_tls_cert_not_after` to exactly the certificates serving.
+    pub fn set_certs(&self, certs: &[crate::tls::LoadedCert]) {
+        self.tls_cert_not_after.clear();
+        for c in certs {
+            self.tls_cert_not_after
+                .get_or_create(&HostLabel {
+                    host: c.name.clone(),
+                })
+                .set(c.not_after);
         }
     }
 

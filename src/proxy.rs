@@ -14,9 +14,7 @@ use std::time::Instant;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::body::{IdleBody, ProxyBody};
 use crate::config::{Cidr, Limits};
@@ -26,31 +24,16 @@ use crate::metrics::{CookieLabels, HostAction, HostCode, HostKind, Metrics};
 use crate::policy::Verdict;
 use crate::registry::{HostPolicy, Mode};
 use crate::reload::Live;
+use crate::tls::Upstreams;
 
 /// The body sent upstream: the client's, with an idle timeout.
 pub type UpstreamBody = IdleBody<Incoming>;
 
-/// The pooled upstream client.
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
-
-/// Builds the pooled HTTP/1.1 client to upstreams.
-pub fn upstream_client(limits: &Limits) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(limits.idle_timeout)
-        .pool_max_idle_per_host(512)
-        .build(connector)
-}
-
 /// Everything the request path needs.
 pub struct Proxy {
     live: Arc<Live>,
-    client: UpstreamClient,
+    /// Pooled upstream clients, shared by the http and https listeners.
+    upstreams: Arc<Upstreams>,
     metrics: Arc<Metrics>,
     limits: Limits,
     /// Peers whose `X-Forwarded-*` headers are kept (and appended to).
@@ -89,15 +72,15 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 impl Proxy {
     pub fn new(
         live: Arc<Live>,
+        upstreams: Arc<Upstreams>,
         metrics: Arc<Metrics>,
         limits: Limits,
         trusted_proxies: Vec<Cidr>,
         scheme: &'static str,
     ) -> Self {
-        let client = upstream_client(&limits);
         Proxy {
             live,
-            client,
+            upstreams,
             metrics,
             limits,
             trusted_proxies,
@@ -214,9 +197,13 @@ impl Proxy {
         let upstream_req =
             Request::from_parts(parts, IdleBody::new(body, self.limits.idle_timeout));
 
+        let client = self.upstreams.client_for(policy).map_err(|e| {
+            tracing::error!(host = %policy.name, "cannot build the upstream client: {e}");
+            ProxyError::UpstreamConnect
+        })?;
         let mut resp = match tokio::time::timeout(
             self.limits.upstream_response_timeout,
-            self.client.request(upstream_req),
+            client.request(upstream_req),
         )
         .await
         {

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{self, ConfigError};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::registry::Registry;
+use crate::tls::CertStore;
 
 /// One registry generation, as served.
 #[derive(Debug)]
@@ -53,6 +54,8 @@ pub struct Live {
     /// Serialises reloads (a watcher event and SIGHUP may race).
     reloading: Mutex<()>,
     metrics: Arc<Metrics>,
+    /// The https listener's certificates, reloaded with the registry.
+    certs: Option<Arc<CertStore>>,
     /// Every finished reload attempt, numbered, for whoever waits on one (tests, tools).
     status: watch::Sender<(u64, ReloadResult)>,
 }
@@ -60,8 +63,21 @@ pub struct Live {
 impl Live {
     /// Starts serving `registry` (already loaded and validated) as generation 1.
     pub fn new(registry: Registry, dir: PathBuf, metrics: Arc<Metrics>) -> Self {
+        Self::with_certs(registry, dir, metrics, None)
+    }
+
+    /// Like [`Live::new`], with the https listener's certificates to reload too.
+    pub fn with_certs(
+        registry: Registry,
+        dir: PathBuf,
+        metrics: Arc<Metrics>,
+        certs: Option<Arc<CertStore>>,
+    ) -> Self {
         metrics.generation.set(1);
         metrics.last_reload_success.set(1);
+        if let Some(c) = &certs {
+            metrics.set_certs(&c.load().certs);
+        }
         Live {
             current: ArcSwap::from_pointee(Snapshot {
                 registry,
@@ -72,8 +88,14 @@ impl Live {
             last_error: Mutex::new(None),
             reloading: Mutex::new(()),
             metrics,
+            certs,
             status: watch::channel((0, ReloadResult::Unchanged)).0,
         }
+    }
+
+    /// The certificate store, when the https listener is on.
+    pub fn certs(&self) -> Option<&Arc<CertStore>> {
+        self.certs.as_ref()
     }
 
     /// Attempts so far and the last result; changes after every reload attempt.
@@ -94,18 +116,50 @@ impl Live {
         &self.dir
     }
 
-    /// Re-reads the registry directory and swaps in the result if it is valid and different.
+    /// Re-reads the registry directory (and the certs directory) and swaps in what is valid and
+    /// different. Each part that fails keeps its last good version serving.
     pub fn reload(&self) -> ReloadResult {
         let _serial = self.reloading.lock();
-        let result = match config::read_registry(&self.dir) {
-            Err(e) => ReloadResult::Error(e.0),
+        let mut errors = Vec::new();
+        let registry = match config::read_registry(&self.dir) {
+            Err(e) => {
+                errors.extend(e.0);
+                None
+            }
             Ok(files) if config::registry_digest(&files) == self.current.load().registry.digest => {
-                ReloadResult::Unchanged
+                None
             }
             Ok(files) => match config::compile_registry(&files) {
-                Err(e) => ReloadResult::Error(e.0),
-                Ok(registry) => self.install(registry),
+                Err(e) => {
+                    errors.extend(e.0);
+                    None
+                }
+                Ok(r) => Some(r),
             },
+        };
+        let certs_changed = match self.certs.as_ref().map(|c| c.reload()) {
+            Some(Ok(changed)) => changed,
+            Some(Err(e)) => {
+                errors.extend(e);
+                false
+            }
+            None => false,
+        };
+        if certs_changed {
+            if let Some(c) = &self.certs {
+                self.metrics.set_certs(&c.load().certs);
+            }
+        }
+        let generation = if registry.is_some() || certs_changed {
+            let registry = registry.unwrap_or_else(|| self.current.load().registry.clone());
+            Some(self.swap(registry))
+        } else {
+            None
+        };
+        let result = match (errors.is_empty(), generation) {
+            (false, _) => ReloadResult::Error(errors),
+            (true, Some(g)) => ReloadResult::Success(g),
+            (true, None) => ReloadResult::Unchanged,
         };
         self.record(&result);
         self.status.send_modify(|(n, r)| {
@@ -115,20 +169,27 @@ impl Live {
         result
     }
 
-    /// Swaps in a registry built elsewhere (tests, the demo), unless its digest is the one
-    /// serving.
-    pub fn install(&self, registry: Registry) -> ReloadResult {
-        let old = self.current.load();
-        if old.registry.digest == registry.digest {
-            return ReloadResult::Unchanged;
-        }
-        let generation = old.generation + 1;
+    /// Installs `registry` as the next generation.
+    fn swap(&self, registry: Registry) -> u64 {
+        let generation = self.current.load().generation + 1;
         self.current.store(Arc::new(Snapshot {
             registry,
             generation,
             loaded_at: rfc3339(SystemTime::now()),
         }));
-        ReloadResult::Success(generation)
+        self.metrics
+            .generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        generation
+    }
+
+    /// Swaps in a registry built elsewhere (tests, the demo), unless its digest is the one
+    /// serving.
+    pub fn install(&self, registry: Registry) -> ReloadResult {
+        if self.current.load().registry.digest == registry.digest {
+            return ReloadResult::Unchanged;
+        }
+        ReloadResult::Success(self.swap(registry))
     }
 
     fn record(&self, result: &ReloadResult) {

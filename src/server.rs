@@ -1,8 +1,10 @@
-//! Accepting connections and serving HTTP/1.1 on them, with limits and a graceful drain.
+//! Accepting connections and serving HTTP on them, with limits and a graceful drain.
 //!
-//! [`serve`] takes what it needs: a bound listener, a handler, the limits and a shutdown signal.
-//! On shutdown it closes the listener (new connections are refused), lets every connection finish
-//! its in-flight request, and after `shutdown_grace` cuts what remains.
+//! [`serve`] takes what it needs: a bound listener, a handler, the limits, a shutdown signal and,
+//! for the https listener, a TLS acceptor. Plain connections speak HTTP/1.1; TLS connections
+//! speak what ALPN chose, `h2` or HTTP/1.1. On shutdown it closes the listener (new connections
+//! are refused), lets every connection finish its in-flight requests, and after `shutdown_grace`
+//! cuts what remains.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,12 +14,13 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use crate::body::{IdleIo, ProxyBody};
 use crate::config::Limits;
@@ -40,6 +43,7 @@ pub async fn serve<H, F>(
     limits: Limits,
     metrics: Option<Arc<Metrics>>,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
 ) -> usize
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -48,12 +52,15 @@ where
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
     loop {
         tokio::select! {
             biased;
@@ -75,30 +82,36 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let builder = builder.clone();
-                let mut drain = drain_rx.clone();
+                let (h1, h2, tls) = (h1.clone(), h2.clone(), tls.clone());
+                let drain = drain_rx.clone();
                 let metrics = metrics.clone();
-                let idle = limits.idle_timeout;
+                let (idle, handshake) = (limits.idle_timeout, limits.header_read_timeout);
                 conns.spawn(async move {
                     let _permit = permit;
                     let _open = metrics.as_ref().map(OpenGuard::new);
-                    let io = TokioIo::new(IdleIo::new(stream, idle));
+                    let io = IdleIo::new(stream, idle);
                     let svc = service_fn(move |req| {
                         let fut = handler(req, peer);
                         async move { Ok::<_, Infallible>(fut.await) }
                     });
-                    let conn = builder.serve_connection(io, svc).with_upgrades();
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        r = conn.as_mut() => {
-                            if let Err(e) = r {
-                                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-                            }
+                    let Some(acceptor) = tls else {
+                        return drive_h1(&h1, TokioIo::new(io), svc, drain, peer).await;
+                    };
+                    let stream = match tokio::time::timeout(handshake, acceptor.accept(io)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                            return;
                         }
-                        () = shutdown_requested(&mut drain) => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
+                        Err(_) => {
+                            tracing::debug!(peer = %peer, "TLS handshake timed out");
+                            return;
                         }
+                    };
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        drive_h2(&h2, TokioIo::new(stream), svc, drain, peer).await;
+                    } else {
+                        drive_h1(&h1, TokioIo::new(stream), svc, drain, peer).await;
                     }
                 });
             }
@@ -120,6 +133,63 @@ where
                 while conns.join_next().await.is_some() {}
                 return cut;
             }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one connection until it ends or the drain asks it to stop
+/// after its in-flight request.
+async fn drive_h1<I, S>(
+    builder: &http1::Builder,
+    io: I,
+    svc: S,
+    mut drain: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder.serve_connection(io, svc).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = shutdown_requested(&mut drain) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Serves HTTP/2 on one connection; the drain sends GOAWAY and lets open streams finish.
+async fn drive_h2<I, S>(
+    builder: &http2::Builder<TokioExecutor>,
+    io: I,
+    svc: S,
+    mut drain: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(peer = %peer, error = %e, "h2 connection ended with an error");
+            }
+        }
+        () = shutdown_requested(&mut drain) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         }
     }
 }
