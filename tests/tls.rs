@@ -1,0 +1,459 @@
+//! TLS at both ends, with certificates made by the test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use consent_gateway::config::load;
+use consent_gateway::gateway::Gateway;
+use consent_gateway::reload::ReloadResult;
+use http::Response;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// A test certificate authority.
+struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    pem: String,
+}
+
+/// A leaf certificate: PEM cert, PEM key, DER cert.
+struct Leaf {
+    cert: String,
+    key: String,
+    der: Vec<u8>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca { params, key, pem }
+    }
+
+    fn leaf(&self, names: &[&str]) -> Leaf {
+        let params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+}
+
+fn write_pair(dir: &Path, name: &str, leaf: &Leaf) {
+    // Write then rename, as cert-manager and friends do, so a reload never sees half a file.
+    for (ext, text) in [("key", &leaf.key), ("crt", &leaf.cert)] {
+        let tmp = dir.join(format!(".{name}.{ext}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.join(format!("{name}.{ext}"))).unwrap();
+    }
+}
+
+/// A gateway with both listeners, certs from `certs`, registry dir on disk, watcher on.
+struct TlsGateway {
+    gw: Gateway,
+    dir: tempfile::TempDir,
+}
+
+impl TlsGateway {
+    async fn start(
+        certs: &[(&str, &Leaf)],
+        default: Option<&str>,
+        host_file: String,
+    ) -> TlsGateway {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("certs")).unwrap();
+        std::fs::create_dir(dir.path().join("hosts")).unwrap();
+        for (name, leaf) in certs {
+            write_pair(&dir.path().join("certs"), name, leaf);
+        }
+        std::fs::write(dir.path().join("hosts/portal.toml"), host_file).unwrap();
+        let default = default
+            .map(|d| format!("default_cert = \"{d}\"\n"))
+            .unwrap_or_default();
+        std::fs::write(
+            dir.path().join("gateway.toml"),
+            format!("[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\ncerts_dir = \"certs\"\n{default}[registry]\ndir = \"hosts\"\npoll_interval = \"1h\"\n"),
+        )
+        .unwrap();
+        let (cfg, registry) = load(&dir.path().join("gateway.toml")).unwrap();
+        let gw = Gateway::start(&cfg, registry).await.unwrap();
+        TlsGateway { gw, dir }
+    }
+
+    fn https(&self) -> SocketAddr {
+        self.gw.https_addr.unwrap()
+    }
+}
+
+/// Connects with TLS, verifying against `ca` for `name`; `sni` false sends no SNI.
+async fn connect(
+    addr: SocketAddr,
+    name: &str,
+    sni: bool,
+    ca: &str,
+    alpn: &[&[u8]],
+) -> TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg.enable_sni = sni;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+fn presented(s: &TlsStream<TcpStream>) -> Vec<u8> {
+    s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// One HTTP/1.1 request on a TLS stream, keeping the stream open.
+async fn h1_request(s: &mut TlsStream<TcpStream>, host: &str, headers: &str) -> Raw {
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed early");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(r) = parse_response(&buf) {
+            let len: usize = r
+                .get("content-length")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            if r.body.len() >= len {
+                return r;
+            }
+        }
+    }
+}
+
+const SETS: &[&str] = &["sessionid=1; Secure", "_ga=2; Secure", "mystery=3"];
+
+#[tokio::test]
+async fn sni_selects_the_certificate_per_host() {
+    let ca = Ca::new("test CA");
+    let (a, b) = (ca.leaf(&["a.test"]), ca.leaf(&["b.test"]));
+    let (up, _) = cookie_origin(SETS).await;
+    let t = TlsGateway::start(&[("a.test", &a), ("b.test", &b)], None, portal_toml(up, "")).await;
+    let s = connect(t.https(), "a.test", true, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(presented(&s), a.der);
+    let s = connect(t.https(), "b.test", true, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(presented(&s), b.der);
+    let m = String::from_utf8(admin(&t.gw, "/metrics").await.body).unwrap();
+    assert!(
+        m.contains("consent_gateway_tls_cert_not_after{host=\"a.test\"}"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn wildcard_certificates_cover_their_subdomains() {
+    let ca = Ca::new("test CA");
+    let star = ca.leaf(&["*.portal.test"]);
+    let under = ca.leaf(&["*.under.test"]);
+    let (up, _) = cookie_origin(SETS).await;
+    let t = TlsGateway::start(
+        &[("*.portal.test", &star), ("_wildcard.under.test", &under)],
+        None,
+        portal_toml(up, ""),
+    )
+    .await;
+    let s = connect(t.https(), "www.portal.test", true, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(presented(&s), star.der);
+    let s = connect(t.https(), "x.under.test", true, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(presented(&s), under.der);
+}
+
+#[tokio::test]
+async fn clients_without_sni_get_the_default_certificate() {
+    let ca = Ca::new("test CA");
+    let (a, default) = (ca.leaf(&["a.test"]), ca.leaf(&["default.test"]));
+    let (up, _) = cookie_origin(SETS).await;
+    let t = TlsGateway::start(
+        &[("a.test", &a), ("default", &default)],
+        Some("default"),
+        portal_toml(up, ""),
+    )
+    .await;
+    let s = connect(t.https(), "default.test", false, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(presented(&s), default.der);
+    // An SNI name no certificate covers gets the default too (as nginx's default server).
+    let mut roots_ok = connect(t.https(), "default.test", true, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(presented(&roots_ok), default.der);
+    roots_ok.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn http11_over_tls_is_filtered_and_says_https() {
+    let ca = Ca::new("test CA");
+    let leaf = ca.leaf(&["portal.test"]);
+    let (up, seen) = cookie_origin(SETS).await;
+    let t = TlsGateway::start(&[("portal.test", &leaf)], None, portal_toml(up, "")).await;
+    let mut s = connect(t.https(), "portal.test", true, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let r = h1_request(&mut s, "portal.test", "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.set_cookie_names(), vec!["sessionid"]);
+    assert_eq!(
+        seen.last_headers().get("x-forwarded-proto").unwrap(),
+        "https"
+    );
+}
+
+#[tokio::test]
+async fn h2_is_negotiated_and_filtered_the_same() {
+    let ca = Ca::new("test CA");
+    let leaf = ca.leaf(&["portal.test"]);
+    let (up, seen) = cookie_origin(SETS).await;
+    let t = TlsGateway::start(&[("portal.test", &leaf)], None, portal_toml(up, "")).await;
+    let s = connect(
+        t.https(),
+        "portal.test",
+        true,
+        &ca.pem,
+        &[b"h2", b"http/1.1"],
+    )
+    .await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for consent in ["", "cookies_preferences=[\"ga\"]"] {
+        // HTTP/2 clients send one Cookie header per cookie.
+        let req = http::Request::get("https://portal.test/")
+            .header("cookie", "sessionid=s")
+            .header("cookie", consent)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        let names: Vec<&str> = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().split('=').next().unwrap())
+            .collect();
+        let want: &[&str] = if consent.is_empty() {
+            &["sessionid"]
+        } else {
+            &["sessionid", "_ga"]
+        };
+        assert_eq!(names, want, "consent {consent:?}");
+        assert_eq!(resp.headers().get("vary").unwrap(), "Cookie");
+        resp.into_body().collect().await.unwrap();
+    }
+    let h = seen.last_headers();
+    assert_eq!(
+        h.get_all("cookie").iter().count(),
+        1,
+        "the origin gets one Cookie header"
+    );
+    assert_eq!(h.get("host").unwrap(), "portal.test");
+}
+
+/// An origin speaking TLS with `leaf`, offering h2 and http/1.1; reports the HTTP version seen.
+async fn tls_origin(
+    leaf: &Leaf,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<http::Version>,
+) {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let _ = tx.send(req.version());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                Response::builder()
+                                    .header("set-cookie", "sessionid=o")
+                                    .header("set-cookie", "_ga=o")
+                                    .body(full("secure origin"))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn https_upstream_toml(up: SocketAddr, ca_path: &Path) -> String {
+    portal_toml(
+        up,
+        &format!(
+            "upstream_host = \"origin.test\"\nupstream_ca = \"{}\"",
+            ca_path.display()
+        ),
+    )
+    .replace(
+        &format!("upstream = \"http://{up}\""),
+        &format!("upstream = \"https://{up}\""),
+    )
+}
+
+#[tokio::test]
+async fn https_upstream_with_a_private_ca_speaks_h2_when_offered() {
+    let origin_ca = Ca::new("origin CA");
+    let (up, mut versions) = tls_origin(&origin_ca.leaf(&["origin.test"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("origin-ca.pem");
+    std::fs::write(&ca_path, &origin_ca.pem).unwrap();
+    let gw = gateway("", &[("p.toml", https_upstream_toml(up, &ca_path))]).await;
+    let r = get(gw.http_addr.unwrap(), "portal.test", "/", "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"secure origin");
+    assert_eq!(r.set_cookie_names(), vec!["sessionid"]);
+    assert_eq!(
+        versions.recv().await.unwrap(),
+        http::Version::HTTP_2,
+        "h2 to the origin by ALPN"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_certificate_from_another_ca_is_502() {
+    let (up, _) = tls_origin(&Ca::new("origin CA").leaf(&["origin.test"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("wrong-ca.pem");
+    std::fs::write(&ca_path, Ca::new("some other CA").pem).unwrap();
+    let gw = gateway("", &[("p.toml", https_upstream_toml(up, &ca_path))]).await;
+    let r = get(gw.http_addr.unwrap(), "portal.test", "/", "").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.body, b"502 bad gateway\n");
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_serves_new_connections_while_old_ones_keep_working() {
+    let ca = Ca::new("test CA");
+    let (v1, v2) = (ca.leaf(&["portal.test"]), ca.leaf(&["portal.test"]));
+    let (up, _) = cookie_origin(SETS).await;
+    let t = TlsGateway::start(&[("portal.test", &v1)], None, portal_toml(up, "")).await;
+    let mut old = connect(t.https(), "portal.test", true, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(presented(&old), v1.der);
+    assert_eq!(h1_request(&mut old, "portal.test", "").await.status, 200);
+
+    let mut rx = t.gw.live.subscribe();
+    write_pair(&t.dir.path().join("certs"), "portal.test", &v2);
+    loop {
+        tokio::time::timeout(Duration::from_secs(10), rx.changed())
+            .await
+            .expect("renewal not picked up")
+            .unwrap();
+        if matches!(rx.borrow().1, ReloadResult::Success(_)) {
+            break;
+        }
+    }
+    let new = connect(t.https(), "portal.test", true, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(
+        presented(&new),
+        v2.der,
+        "a new connection gets the renewed certificate"
+    );
+    assert_eq!(
+        h1_request(&mut old, "portal.test", "").await.status,
+        200,
+        "the old connection keeps working"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_certificate_keeps_the_old_one_and_reports_it() {
+    let ca = Ca::new("test CA");
+    let v1 = ca.leaf(&["portal.test"]);
+    let (up, _) = cookie_origin(SETS).await;
+    let t = TlsGateway::start(&[("portal.test", &v1)], None, portal_toml(up, "")).await;
+    let mismatched = Leaf {
+        key: ca.leaf(&["portal.test"]).key,
+        ..ca.leaf(&["portal.test"])
+    };
+    write_pair(&t.dir.path().join("certs"), "portal.test", &mismatched);
+    match t.gw.reload().await {
+        ReloadResult::Error(e) => assert!(e[0].message.contains("does not match"), "{e:?}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let s = connect(t.https(), "portal.test", true, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(
+        presented(&s),
+        v1.der,
+        "the last good certificate keeps serving"
+    );
+    let reg: serde_json::Value =
+        serde_json::from_slice(&admin(&t.gw, "/registry").await.body).unwrap();
+    assert!(
+        reg["last_error"]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("portal.test.key"),
+        "{reg}"
+    );
+}
