@@ -40,15 +40,28 @@ pub fn response_consent<'c>(
     headers: &HeaderMap,
     now: i64,
 ) -> Cow<'c, Consent> {
-    let last = headers
+    let parsed: Vec<SetCookie<'_>> = headers
         .get_all(SET_COOKIE)
         .iter()
         .map(|v| SetCookie::parse(v.as_bytes(), now))
-        .filter(|sc| policy.consent.is_consent_cookie(sc.name))
-        .last();
-    match last {
+        .collect();
+    consent_in_effect(policy, request, &parsed)
+}
+
+/// [`response_consent`] over `Set-Cookie` values already parsed.
+fn consent_in_effect<'c>(
+    policy: &HostPolicy,
+    request: &'c Consent,
+    parsed: &[SetCookie<'_>],
+) -> Cow<'c, Consent> {
+    match parsed
+        .iter()
+        .rev()
+        .find(|sc| policy.consent.is_consent_cookie(sc.name))
+    {
         None => Cow::Borrowed(request),
         Some(sc) if sc.is_deletion => Cow::Owned(Consent {
+            gpc: request.gpc,
             source: Source::Response,
             ..Consent::none()
         }),
@@ -64,71 +77,73 @@ pub fn response_consent<'c>(
 
 /// Filters the `Set-Cookie` headers of an upstream response in place. `observe` sees every
 /// header with its decision, in order (for metrics, logs and `explain`).
-pub fn filter_set_cookies(
-    policy: &HostPolicy,
+pub fn filter_set_cookies<'p>(
+    policy: &'p HostPolicy,
     request_consent: &Consent,
     headers: &mut HeaderMap,
     now: i64,
-    observe: impl FnMut(&SetCookie<'_>, &Decision<'_>),
+    observe: impl FnMut(&SetCookie<'_>, &Decision<'p>),
 ) -> Summary {
-    if !headers.contains_key(SET_COOKIE) {
-        return Summary::default();
-    }
-    let consent = response_consent(policy, request_consent, headers, now);
-    filter_with(policy, &consent, headers, now, observe)
+    filter_response(
+        policy,
+        request_consent,
+        &RequestSide::default(),
+        headers,
+        now,
+        observe,
+    )
+    .0
 }
 
 /// The whole response side, between the upstream response and the downstream one: the
-/// `Set-Cookie` filter and purging, both under the consent in effect for the response. Returns
-/// the filter's counts and how many cookies were (or would be) purged.
-pub fn filter_response(
-    policy: &HostPolicy,
+/// `Set-Cookie` filter and purging, both under the consent in effect for the response. Each
+/// `Set-Cookie` value is parsed once. Returns the filter's counts and how many cookies were (or
+/// would be) purged.
+pub fn filter_response<'p>(
+    policy: &'p HostPolicy,
     request_consent: &Consent,
     side: &RequestSide<'_>,
     headers: &mut HeaderMap,
     now: i64,
-    observe: impl FnMut(&SetCookie<'_>, &Decision<'_>),
+    mut observe: impl FnMut(&SetCookie<'_>, &Decision<'p>),
 ) -> (Summary, usize) {
-    let consent = response_consent(policy, request_consent, headers, now);
-    // Which candidates the upstream sets itself, read before the filter drops any header.
-    let set_by_upstream: Vec<bool> = side
-        .candidates
-        .iter()
-        .map(|c| {
-            headers
-                .get_all(SET_COOKIE)
-                .iter()
-                .any(|v| SetCookie::parse(v.as_bytes(), now).name == c.name.as_slice())
-        })
-        .collect();
-    let summary = filter_with(policy, &consent, headers, now, observe);
-    let purged = purge(policy, &consent, side, &set_by_upstream, headers);
-    (summary, purged)
-}
-
-fn filter_with(
-    policy: &HostPolicy,
-    consent: &Consent,
-    headers: &mut HeaderMap,
-    now: i64,
-    mut observe: impl FnMut(&SetCookie<'_>, &Decision<'_>),
-) -> Summary {
     let mut summary = Summary::default();
-    if !headers.contains_key(SET_COOKIE) {
-        return summary;
+    if !headers.contains_key(SET_COOKIE) && side.candidates.is_empty() {
+        return (summary, 0);
     }
-    let mut verdicts: Vec<Verdict> = Vec::new();
-    for value in headers.get_all(SET_COOKIE) {
-        let sc = SetCookie::parse(value.as_bytes(), now);
-        let d = decide(policy, consent, &sc);
-        observe(&sc, &d);
-        match d.verdict {
-            Verdict::Keep => summary.kept += 1,
-            Verdict::Drop => summary.dropped += 1,
-            Verdict::WouldDrop => summary.would_drop += 1,
-        }
-        verdicts.push(d.verdict);
-    }
+    let (changed, verdicts, set_by_upstream) = {
+        let parsed: Vec<SetCookie<'_>> = headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| SetCookie::parse(v.as_bytes(), now))
+            .collect();
+        // `Some` only when the upstream's own consent cookie changes the consent.
+        let changed = match consent_in_effect(policy, request_consent, &parsed) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(c) => Some(c),
+        };
+        let effective = changed.as_ref().unwrap_or(request_consent);
+        let verdicts: Vec<Verdict> = parsed
+            .iter()
+            .map(|sc| {
+                let d = decide(policy, effective, sc);
+                observe(sc, &d);
+                match d.verdict {
+                    Verdict::Keep => summary.kept += 1,
+                    Verdict::Drop => summary.dropped += 1,
+                    Verdict::WouldDrop => summary.would_drop += 1,
+                }
+                d.verdict
+            })
+            .collect();
+        // Which candidates the upstream sets itself (judged before any header is dropped).
+        let set_by_upstream: Vec<bool> = side
+            .candidates
+            .iter()
+            .map(|c| parsed.iter().any(|p| p.name == c.name.as_slice()))
+            .collect();
+        (changed, verdicts, set_by_upstream)
+    };
     if summary.dropped > 0 {
         let values: Vec<HeaderValue> = match headers.entry(SET_COOKIE) {
             http::header::Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
@@ -140,7 +155,9 @@ fn filter_with(
             }
         }
     }
-    summary
+    let effective = changed.as_ref().unwrap_or(request_consent);
+    let purged = purge(policy, effective, side, &set_by_upstream, headers);
+    (summary, purged)
 }
 
 /// A browser cookie that consent may refuse, remembered from the request for purging.
@@ -163,10 +180,20 @@ pub struct RequestSide<'p> {
 
 /// Whether a browser cookie may pass, and if not why.
 fn judge_request_cookie(policy: &HostPolicy, consent: &Consent, name: &[u8]) -> Result<(), Reason> {
+    judge_with_entry(policy, consent, name, policy.lookup(name))
+}
+
+/// [`judge_request_cookie`] with the registry entry already looked up.
+fn judge_with_entry(
+    policy: &HostPolicy,
+    consent: &Consent,
+    name: &[u8],
+    entry: Option<&CookieEntry>,
+) -> Result<(), Reason> {
     if policy.consent.is_consent_cookie(name) {
         return Ok(());
     }
-    match policy.lookup(name) {
+    match entry {
         None => match policy.unknown_cookies {
             UnknownCookies::Keep => Ok(()),
             UnknownCookies::Drop => Err(Reason::Unknown),
@@ -190,14 +217,31 @@ pub fn strip_request<'p>(
     if !headers.contains_key(COOKIE) {
         return side;
     }
-    let mut kept: Vec<u8> = Vec::new();
-    let mut refused_any = false;
+    // One pass to judge; the kept pairs are only rebuilt when something was refused.
     for pair in all_pairs(headers.get_all(COOKIE)) {
-        let verdict = judge_request_cookie(policy, consent, pair.name);
-        if verdict.is_err() {
-            refused_any = true;
+        let entry = policy.lookup(pair.name);
+        if judge_with_entry(policy, consent, pair.name, entry).is_err() {
             side.stripped += 1;
-        } else {
+        }
+        let consent_cookie = policy.consent.is_consent_cookie(pair.name);
+        let candidate = match entry {
+            Some(e) => !e.necessary && !consent_cookie,
+            None => policy.purge_unknown && !pair.name.is_empty() && !consent_cookie,
+        };
+        if candidate && !side.candidates.iter().any(|c| c.name == pair.name) {
+            side.candidates.push(Candidate {
+                name: pair.name.to_vec(),
+                entry,
+            });
+        }
+    }
+    let refused_any = side.stripped > 0;
+    let mut kept: Vec<u8> = Vec::new();
+    if refused_any {
+        for pair in all_pairs(headers.get_all(COOKIE)) {
+            if judge_request_cookie(policy, consent, pair.name).is_err() {
+                continue;
+            }
             if !kept.is_empty() {
                 kept.extend_from_slice(b"; ");
             }
@@ -206,21 +250,6 @@ pub fn strip_request<'p>(
                 kept.push(b'=');
             }
             kept.extend_from_slice(pair.value);
-        }
-        let entry = policy.lookup(pair.name);
-        let candidate = match entry {
-            Some(e) => !e.necessary && !policy.consent.is_consent_cookie(pair.name),
-            None => {
-                policy.purge_unknown
-                    && !pair.name.is_empty()
-                    && !policy.consent.is_consent_cookie(pair.name)
-            }
-        };
-        if candidate && !side.candidates.iter().any(|c| c.name == pair.name) {
-            side.candidates.push(Candidate {
-                name: pair.name.to_vec(),
-                entry,
-            });
         }
     }
     let enforce = policy.strip_request_cookies && policy.mode == Mode::Enforce;
