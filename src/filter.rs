@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use http::header::{COOKIE, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderValue};
 
-use crate::consent::{Consent, Source};
+use crate::consent::Consent;
 use crate::policy::{decide, judge_entry, Decision, Reason, Verdict};
 use crate::registry::{CookieEntry, HostPolicy, Mode, UnknownCookies};
 use crate::request_cookies::all_pairs;
@@ -48,30 +48,19 @@ pub fn response_consent<'c>(
     consent_in_effect(policy, request, &parsed)
 }
 
-/// [`response_consent`] over `Set-Cookie` values already parsed.
+/// [`response_consent`] over `Set-Cookie` values already parsed (the rule itself, per format,
+/// is [`crate::consent::ConsentSpec::from_response`]).
 fn consent_in_effect<'c>(
     policy: &HostPolicy,
     request: &'c Consent,
     parsed: &[SetCookie<'_>],
 ) -> Cow<'c, Consent> {
-    match parsed
-        .iter()
-        .rev()
-        .find(|sc| policy.consent.is_consent_cookie(sc.name))
-    {
+    match policy.consent.from_response(
+        request,
+        parsed.iter().map(|sc| (sc.name, sc.value, sc.is_deletion)),
+    ) {
         None => Cow::Borrowed(request),
-        Some(sc) if sc.is_deletion => Cow::Owned(Consent {
-            gpc: request.gpc,
-            source: Source::Response,
-            ..Consent::none()
-        }),
-        Some(sc) => {
-            let mut c = policy
-                .consent
-                .from_value(Some(sc.value), request.gpc, Source::Response);
-            c.gpc = request.gpc;
-            Cow::Owned(c)
-        }
+        Some(c) => Cow::Owned(c),
     }
 }
 
@@ -382,7 +371,7 @@ pub fn add_vary_cookie(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consent::{ConsentSpec, Format, Granted};
+    use crate::consent::{ConsentSpec, Format, Granted, Source};
     use crate::registry::{CookieEntry, CookieMatcher, Mode, UnknownCookies, Upstream, NECESSARY};
 
     const NOW: i64 = 1_779_000_000;

@@ -4,47 +4,57 @@
 //! `timestamp` number, grants nothing) or a JSON array of key strings. It arrives raw or
 //! percent-encoded (`encodeURIComponent(JSON.stringify(prefs))`, as the portals write it).
 
-use percent_encoding::percent_decode;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::Granted;
 
 /// Decodes a `cookies_preferences` value; `None` when it is neither an object nor an array.
 pub fn decode(value: &[u8]) -> Option<Granted> {
-    let value = value.trim_ascii();
-    // A cookie value may be wrapped in double quotes (RFC 6265 cookie-value).
-    let value = match value {
-        [b'"', inner @ .., b'"'] => inner,
-        v => v,
-    };
-    match value.first() {
-        Some(b'{' | b'[') => from_json(value),
-        Some(_) if value.contains(&b'%') => {
-            let decoded: Vec<u8> = percent_decode(value).collect();
-            match decoded.trim_ascii().first() {
-                Some(b'{' | b'[') => from_json(&decoded),
-                _ => None,
-            }
-        }
+    match parse(value)? {
+        Value::Object(map) => Some(true_keys(map)),
+        Value::Array(items) => Some(strings(items)),
         _ => None,
     }
 }
 
-fn from_json(bytes: &[u8]) -> Option<Granted> {
-    match serde_json::from_slice::<Value>(bytes).ok()? {
-        Value::Object(map) => Some(Granted::from_keys(
-            map.into_iter()
-                .filter(|(_, v)| *v == Value::Bool(true))
-                .map(|(k, _)| k),
-        )),
-        Value::Array(items) => Some(Granted::from_keys(items.into_iter().filter_map(
-            |v| match v {
-                Value::String(s) => Some(s),
-                _ => None,
-            },
-        ))),
+/// Parses a cookie value holding a JSON object or array, raw or percent-encoded (also shared by
+/// the `klaro` and `cc_cookie` formats). A value is taken raw when it starts with `{` or `[`
+/// (after trimming and unwrapping RFC 6265 double quotes), and percent-decoded otherwise. `None`
+/// when it is not an object or array, or does not parse.
+pub(super) fn parse(value: &[u8]) -> Option<Value> {
+    let value = super::unquote(value);
+    let parsed = match value.first() {
+        Some(b'{' | b'[') => serde_json::from_slice(value).ok()?,
+        Some(_) if value.contains(&b'%') => {
+            let decoded = super::percent_decoded(value);
+            match decoded.trim_ascii().first() {
+                Some(b'{' | b'[') => serde_json::from_slice(&decoded).ok()?,
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    match parsed {
+        Value::Object(_) | Value::Array(_) => Some(parsed),
         _ => None,
     }
+}
+
+/// The keys of an object whose value is exactly `true` (not `1`, not `"true"`).
+pub(super) fn true_keys(map: Map<String, Value>) -> Granted {
+    Granted::from_keys(
+        map.into_iter()
+            .filter(|(_, v)| *v == Value::Bool(true))
+            .map(|(k, _)| k),
+    )
+}
+
+/// The strings of an array; other items grant nothing.
+pub(super) fn strings(items: Vec<Value>) -> Granted {
+    Granted::from_keys(items.into_iter().filter_map(|v| match v {
+        Value::String(s) => Some(s),
+        _ => None,
+    }))
 }
 
 #[cfg(test)]
