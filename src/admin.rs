@@ -1,4 +1,4 @@
-//! The admin endpoint: `/healthz`, `/readyz`, `/metrics`, `/registry`.
+//! The admin endpoint: `/healthz`, `/readyz`, `/metrics`, `/registry`, `/policy/{host}`.
 //!
 //! Served on its own listener, which stays up while the proxy listener drains.
 
@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::body::ProxyBody;
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
+use crate::policy_page;
 use crate::reload::Live;
 
 /// What the admin endpoint reads.
@@ -86,8 +87,51 @@ pub fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
             };
             json(&view)
         }
-        _ => text(StatusCode::NOT_FOUND, "404 not found\n"),
+        path => match path.strip_prefix("/policy/") {
+            Some(host) => policy(state, host, req.headers()),
+            None => text(StatusCode::NOT_FOUND, "404 not found\n"),
+        },
     }
+}
+
+/// `/policy/{host}`: the policy of the registry file serving `host` (matched as the proxy
+/// matches a Host header), from the snapshot serving now.
+fn policy(state: &AdminState, host: &str, headers: &http::HeaderMap) -> Response<ProxyBody> {
+    let snap = state.live.load();
+    let Some(p) = (!host.is_empty() && !host.contains('/'))
+        .then(|| snap.registry.lookup(host.as_bytes()))
+        .flatten()
+    else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "404 no registry file names this host\n",
+        );
+    };
+    let view = policy_page::view(host, p, snap.generation, &snap.loaded_at);
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let mut r = if policy_page::wants_json(accept) {
+        json(&view)
+    } else {
+        let mut r = Response::new(ProxyBody::full(policy_page::html(&view)));
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        // The page is self-contained: no script, no external resource, only its inline style.
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+        );
+        r
+    };
+    let h = r.headers_mut();
+    h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {

@@ -1,8 +1,10 @@
 //! `consent-gateway demo`: a sample portal on loopback with the gateway in front of it.
 //!
-//! The sample portal sends what an Opendatasoft portal with analytics sends: the four necessary
-//! cookies, Google Analytics and Matomo cookies, and one cookie no registry names. Its page shows
-//! which cookies it set and which ones it received, so the gateway's work is visible.
+//! The sample portal sends what an Opendatasoft portal with analytics sends: the necessary
+//! cookies, Google Analytics and Matomo cookies, and one cookie no registry names. Its page has a
+//! consent banner that writes `cookies_preferences` as the portal does, an analytics script that
+//! writes cookies from JavaScript when consent allows, and panels showing the cookies the browser
+//! holds and the ones the portal set and received, so the gateway's work is visible.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -104,14 +106,185 @@ purpose = "Matomo session"
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    crate::policy_page::escape(s)
 }
 
-/// The sample portal's answer to any request.
+/// Path of the sample portal's analytics script.
+pub const ANALYTICS_JS_PATH: &str = "/demo/analytics.js";
+
+/// The cookie the analytics script writes from JavaScript (as gtag.js writes `_ga_<container>`):
+/// never set by the server, so it leaves the browser only through the gateway's purge.
+pub const JS_COOKIE: &str = "_ga_JSDEMO1";
+
+/// A small analytics script: it reads `cookies_preferences` as the portal's tag manager does and
+/// writes Google Analytics and Matomo cookies from JavaScript when they are granted. When they are
+/// not, it writes nothing and deletes nothing: removing what the browser still holds is the
+/// gateway's purge.
+const ANALYTICS_JS: &str = r#"// Sample analytics: writes cookies from JavaScript when cookies_preferences allows it.
+(function () {
+  "use strict";
+  function read(name) {
+    var m = document.cookie.match(new RegExp("(?:^|;\\s*)" + name.replace(/[.]/g, "\\.") + "=([^;]*)"));
+    return m ? m[1] : null;
+  }
+  var prefs = {};
+  try { prefs = JSON.parse(decodeURIComponent(read("cookies_preferences") || "{}")) || {}; } catch (e) { prefs = {}; }
+  var now = Math.floor(Date.now() / 1000);
+  function set(name, value, maxAge) {
+    document.cookie = name + "=" + value + "; Path=/; Max-Age=" + maxAge + "; SameSite=Lax";
+  }
+  var wrote = [];
+  if (prefs.ga === true) {
+    if (read("_ga") === null) { set("_ga", "GA1.1." + Math.floor(Math.random() * 1e9) + "." + now, 63072000); wrote.push("_ga"); }
+    set("JSCOOKIE", "GS1.1." + now + ".1.0." + now + ".0.0.0", 63072000); wrote.push("JSCOOKIE");
+  }
+  if (prefs.matomo === true && read("_pk_id.1.1fff") === null) {
+    set("_pk_id.1.1fff", Math.floor(Math.random() * 1e15).toString(16) + "." + now + ".", 33696000); wrote.push("_pk_id.1.1fff");
+  }
+  window.demoAnalytics = { ran: true, wrote: wrote };
+})();
+"#;
+
+/// The page's banner and cookie panel. Writes `cookies_preferences` the way an Opendatasoft
+/// portal does: `encodeURIComponent(JSON.stringify({"ga":…,"matomo":…,"timestamp":…}))`.
+const PAGE_JS: &str = r#"(function () {
+  "use strict";
+  var NECESSARY = ["sessionid", "csrftoken", "django_language", "cookies_preferences"];
+  var STATISTICAL = [/^_ga$/, /^_ga_/, /^_gid$/, /^_pk_id\./, /^_pk_ses\./];
+  function category(name) {
+    if (NECESSARY.indexOf(name) >= 0) return "necessary";
+    for (var i = 0; i < STATISTICAL.length; i++) if (STATISTICAL[i].test(name)) return "statistical";
+    return "unknown";
+  }
+  function cookies() {
+    return document.cookie.split(";").map(function (c) { return c.trim(); }).filter(Boolean).map(function (c) {
+      var i = c.indexOf("="); return { name: i < 0 ? "" : c.slice(0, i), value: i < 0 ? c : c.slice(i + 1) };
+    });
+  }
+  function prefs() {
+    var c = cookies().filter(function (c) { return c.name === "cookies_preferences"; })[0];
+    if (!c) return null;
+    try { return JSON.parse(decodeURIComponent(c.value)); } catch (e) { return null; }
+  }
+  function save(p) {
+    p.timestamp = Date.now();
+    document.cookie = "cookies_preferences=" + encodeURIComponent(JSON.stringify(p)) + "; Path=/; Max-Age=31536000; SameSite=Lax";
+    location.reload();
+  }
+  function render() {
+    var list = document.getElementById("browser-cookies");
+    list.textContent = "";
+    var all = cookies();
+    all.sort(function (a, b) { return category(a.name).localeCompare(category(b.name)) || a.name.localeCompare(b.name); });
+    all.forEach(function (c) {
+      var li = document.createElement("li");
+      li.className = "cookie " + category(c.name);
+      li.setAttribute("data-name", c.name);
+      var code = document.createElement("code"); code.textContent = c.name;
+      var tag = document.createElement("span"); tag.className = "tag"; tag.textContent = category(c.name);
+      li.appendChild(code); li.appendChild(document.createTextNode(" ")); li.appendChild(tag);
+      list.appendChild(li);
+    });
+    if (!all.length) { var li = document.createElement("li"); li.textContent = "(none)"; list.appendChild(li); }
+    var p = prefs();
+    var state = document.getElementById("consent-state");
+    state.textContent = p === null ? "No choice made yet: only necessary cookies are allowed."
+      : "Google Analytics " + (p.ga === true ? "allowed" : "refused") + ", Matomo " + (p.matomo === true ? "allowed" : "refused") + ".";
+    document.getElementById("consent-banner").hidden = p !== null;
+    var a = window.demoAnalytics;
+    document.getElementById("analytics-state").textContent = a && a.wrote.length ? "The analytics script wrote: " + a.wrote.join(", ") + "." : "The analytics script wrote nothing.";
+  }
+  document.getElementById("accept-all").addEventListener("click", function () { save({ ga: true, matomo: true }); });
+  document.getElementById("necessary-only").addEventListener("click", function () { save({ ga: false, matomo: false }); });
+  document.getElementById("save-choice").addEventListener("click", function () {
+    save({ ga: document.getElementById("choose-ga").checked, matomo: document.getElementById("choose-matomo").checked });
+  });
+  document.getElementById("open-settings").addEventListener("click", function () {
+    var p = prefs() || {};
+    document.getElementById("choose-ga").checked = p.ga === true;
+    document.getElementById("choose-matomo").checked = p.matomo === true;
+    document.getElementById("consent-banner").hidden = false;
+  });
+  render();
+})();
+"#;
+
+const PAGE_CSS: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1a1a1a;background:#f6f7f9;line-height:1.45}\
+header{background:#143d59;color:#fff;padding:.8rem 1.5rem;display:flex;justify-content:space-between;align-items:center}\
+header h1{font-size:1.3rem;margin:0}header button{font:inherit}\
+main{max-width:70rem;margin:0 auto;padding:1rem 1.5rem 14rem}\
+.panels{display:grid;grid-template-columns:1fr 1fr;gap:1rem}\
+section.panel{background:#fff;border:1px solid #d0d4da;border-radius:6px;padding:.6rem 1rem}\
+section.panel h2{font-size:1.05rem;margin:.3rem 0 .6rem}\
+ul.cookies{list-style:none;padding:0;margin:0}ul.cookies li{padding:.15rem 0}\
+.tag{font-size:.75rem;border-radius:3px;padding:0 .35rem;color:#fff;background:#6b7280}\
+.necessary .tag{background:#1f7a3a}.statistical .tag{background:#b45309}\
+#state{background:#fff;border-left:4px solid #143d59;padding:.5rem 1rem;margin:1rem 0}\
+#consent-banner{position:fixed;left:0;right:0;bottom:0;background:#fff;border-top:3px solid #143d59;box-shadow:0 -2px 8px rgba(0,0,0,.15);padding:1rem 1.5rem}\
+#consent-banner h2{margin:0 0 .4rem;font-size:1.1rem}\
+#consent-banner button{font:inherit;padding:.45rem .9rem;margin:.3rem .4rem .3rem 0;border-radius:4px;border:1px solid #143d59;background:#fff;color:#143d59;cursor:pointer}\
+#consent-banner button.primary{background:#143d59;color:#fff}\
+fieldset{border:1px solid #d0d4da;margin:.4rem 0}code{font-family:ui-monospace,monospace;font-size:.9em}\
+li.set code{word-break:break-all}";
+
+fn page(set: &str, received: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>consent-gateway demo portal</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>{PAGE_CSS}</style>
+<script src="{ANALYTICS_JS_PATH}"></script>
+</head>
+<body>
+<header><h1>Sample data portal</h1><button type="button" id="open-settings">Cookie settings</button></header>
+<main>
+<p>This page is served by a sample portal behind consent-gateway. On every response the portal sets
+the cookies below; the gateway removes those the visitor's <code>cookies_preferences</code> does not allow,
+and expires the ones the browser still holds once consent is withdrawn.</p>
+<div id="state"><strong>Your choice:</strong> <span id="consent-state"></span> <span id="analytics-state"></span></div>
+<div class="panels">
+<section class="panel" aria-labelledby="h-browser"><h2 id="h-browser">Cookies your browser holds now</h2>
+<p><small>From <code>document.cookie</code>; <code>HttpOnly</code> cookies (<code>sessionid</code>) are not visible to scripts.</small></p>
+<ul class="cookies" id="browser-cookies"></ul></section>
+<section class="panel" aria-labelledby="h-received"><h2 id="h-received">Cookie header the portal received</h2>
+<p><code id="received">{received}</code></p>
+<h2>Cookies the portal set on this response</h2><ul class="cookies">{set}</ul></section>
+</div>
+<h2>Try</h2>
+<ul>
+<li>No consent cookie: only <code>sessionid</code>, <code>csrftoken</code> and <code>django_language</code> reach the browser.</li>
+<li><code>cookies_preferences={{"ga":true}}</code> (percent-encoded): Google Analytics cookies too.</li>
+<li><code>cookies_preferences={{"ga":true,"matomo":true}}</code>: Matomo's too. <code>tracker_id</code> is in no registry and is always dropped.</li>
+</ul>
+</main>
+<div id="consent-banner" role="dialog" aria-labelledby="banner-title" hidden>
+<h2 id="banner-title">Cookies on this portal</h2>
+<p>We use necessary cookies to run the portal, and, with your consent, audience measurement (Google Analytics, Matomo).</p>
+<button type="button" class="primary" id="accept-all">Accept all</button>
+<button type="button" id="necessary-only">Necessary only</button>
+<fieldset><legend>Choose per category</legend>
+<label><input type="checkbox" id="choose-ga"> Statistics: Google Analytics</label>
+<label><input type="checkbox" id="choose-matomo"> Statistics: Matomo</label>
+<button type="button" id="save-choice">Save my choice</button>
+</fieldset>
+</div>
+<script>{PAGE_JS}</script>
+</body></html>
+"#
+    )
+}
+
+/// The sample portal's answer to any request: the analytics script at [`ANALYTICS_JS_PATH`]
+/// (no cookies), otherwise the page with every [`ORIGIN_SET_COOKIES`] header.
 pub fn origin_response<B>(req: &Request<B>) -> Response<ProxyBody> {
+    if req.uri().path() == ANALYTICS_JS_PATH {
+        let mut r = Response::new(ProxyBody::full(ANALYTICS_JS.replace("JSCOOKIE", JS_COOKIE)));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        );
+        return r;
+    }
     let received: Vec<String> = req
         .headers()
         .get_all(header::COOKIE)
@@ -120,37 +293,21 @@ pub fn origin_response<B>(req: &Request<B>) -> Response<ProxyBody> {
         .collect();
     let set: String = ORIGIN_SET_COOKIES
         .iter()
-        .map(|c| format!("<li><code>{}</code></li>", html_escape(c)))
+        .map(|c| format!("<li class=\"set\"><code>{}</code></li>", html_escape(c)))
         .collect();
-    let body = format!(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>consent-gateway demo portal</title></head>
-<body>
-<h1>Sample data portal</h1>
-<p>This page is served by a sample portal behind consent-gateway. On every response the portal sets
-the cookies below; the gateway removes those the visitor's <code>cookies_preferences</code> does not allow.</p>
-<h2>Cookies the portal set on this response</h2><ul>{set}</ul>
-<h2>Cookie header the portal received</h2><p><code>{received}</code></p>
-<h2>Try</h2>
-<ul>
-<li>No consent cookie: only <code>sessionid</code>, <code>csrftoken</code> and <code>django_language</code> reach the browser.</li>
-<li><code>cookies_preferences={{"ga":true}}</code> (percent-encoded): Google Analytics cookies too.</li>
-<li><code>cookies_preferences={{"ga":true,"matomo":true}}</code>: Matomo's too. <code>tracker_id</code> is in no registry and is always dropped.</li>
-</ul>
-</body></html>
-"#,
-        received = if received.is_empty() {
-            "(none)".to_owned()
-        } else {
-            received.join("; ")
-        }
-    );
-    let mut r = Response::new(ProxyBody::full(body));
+    let received = if received.is_empty() {
+        "(none)".to_owned()
+    } else {
+        received.join("; ")
+    };
+    let mut r = Response::new(ProxyBody::full(page(&set, &received)));
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
+    // Each reload must reach the portal, so that the gateway sees the browser's cookies.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     for c in ORIGIN_SET_COOKIES {
         h.append(header::SET_COOKIE, HeaderValue::from_static(c));
     }
@@ -181,9 +338,12 @@ impl Demo {
         let all = "%7B%22ga%22%3Atrue%2C%22matomo%22%3Atrue%7D";
         format!(
             "consent-gateway demo\n\
-             \n  open:    http://{gw}/            (the sample portal through the gateway)\
+             \n  open:    http://{gw}/            (the sample portal through the gateway: consent banner,\
+             \n                                    analytics script, the cookies your browser holds)\
              \n  origin:  http://{origin}/   (the same portal directly, unfiltered)\
-             \n  admin:   http://{admin}/metrics and /registry\n\
+             \n  admin:   http://{admin}/metrics, /registry and /policy/127.0.0.1 (the published cookie policy)\n\
+             \nIn the browser: \"Accept all\", and the analytics cookies appear after the reload; \"Cookie\
+             \nsettings\" then \"Necessary only\", and the gateway expires them on the next response.\n\
              \nTry (compare the Set-Cookie lines):\n\
              \n  # 1. no consent: only the necessary cookies come back\
              \n  curl -si http://{gw}/ | grep -i '^set-cookie'\n\

@@ -10,6 +10,8 @@
 //! - [`registry`]: the compiled per-host policy and its cookie-name index.
 //! - [`policy`]: the keep/drop decision for one `Set-Cookie`, with its reason.
 //! - [`filter`]: the decision applied to a response's headers; `Vary: Cookie`.
+//! - [`policy_page`]: a host's cookie policy rendered as HTML and JSON for `/policy/{host}`.
+//! - [`import`]: `import-policy`: a cookie-policy page read into a registry file.
 //!
 //! Edges and I/O:
 //! - [`config`]: the config files, parsed and compiled into a registry; `file:line:col` errors.
@@ -18,7 +20,7 @@
 //! - [`body`]: streamed bodies and connections with idle timeouts.
 //! - [`proxy`]: one request from the client to the upstream and back (read this first).
 //! - [`server`]: accept loop, connection limit, graceful drain.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/registry`.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/registry`, `/policy/{host}`.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`reload`]: the live registry handle and reloads.
 //! - [`gateway`]: listeners bound and everything started; what `main`, the demo and tests run.
@@ -36,8 +38,10 @@ pub mod explain;
 pub mod filter;
 pub mod gateway;
 pub mod host;
+pub mod import;
 pub mod metrics;
 pub mod policy;
+pub mod policy_page;
 pub mod proxy;
 pub mod registry;
 pub mod reload;

@@ -48,6 +48,14 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Read a cookie-policy page (the seeds' text form) and print a registry file for it.
+    ImportPolicy {
+        /// The policy page, plain text or Markdown.
+        file: PathBuf,
+        /// The host the registry file serves.
+        #[arg(long)]
+        host: String,
+    },
     /// Show, for each Set-Cookie, whether the proxy keeps or drops it and why.
     Explain {
         #[arg(long, default_value = "config/gateway.toml")]
@@ -79,6 +87,7 @@ fn main() -> ExitCode {
             runtime().map_or(ExitCode::from(1), |rt| rt.block_on(demo(port)))
         }
         Command::Check { config } => check(&config),
+        Command::ImportPolicy { file, host } => import_policy(&file, &host),
         Command::Explain {
             config,
             host,
@@ -218,6 +227,32 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(errors) => {
             eprintln!("{errors}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn import_policy(file: &Path, host: &str) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}:1:1: cannot read: {e}", file.display());
+            return ExitCode::from(1);
+        }
+    };
+    match consent_gateway::import::import(&text, &file.display().to_string(), host) {
+        Ok(imported) => {
+            print!("{}", imported.toml);
+            eprintln!(
+                "{}: {} cookie entries, {} lines left as comments for review",
+                file.display(),
+                imported.cookies,
+                imported.unclassified
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::from(1)
         }
     }

@@ -1,0 +1,417 @@
+//! The demo in a real browser: headless Chromium (Debian's `chromium`) driven over the DevTools
+//! protocol on a pipe, against `consent-gateway demo` started in process.
+//!
+//! accept all → reload → analytics cookies present; necessary only → reload → analytics cookies
+//! expired by the gateway; necessary cookies present throughout. Screenshots of the three states
+//! are written to `<target>/browser-screenshots/` and their paths printed.
+//!
+//! Never skipped: without Chromium the test fails and says how to install it (`.ci/run` does).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The whole test's budget.
+const BUDGET: Duration = Duration::from_secs(60);
+
+fn chromium() -> PathBuf {
+    let candidates = [
+        std::env::var("CHROMIUM").ok(),
+        Some("/usr/bin/chromium".to_owned()),
+        Some("/usr/bin/chromium-browser".to_owned()),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "Chromium not found (looked at $CHROMIUM, /usr/bin/chromium, /usr/bin/chromium-browser). \
+                 Install Debian's package: apt-get install -y chromium (bash .ci/run does this on CI)"
+            )
+        })
+}
+
+/// A Chromium process and a DevTools session on one page, over `--remote-debugging-pipe`.
+struct Browser {
+    child: Child,
+    to: ChildStdin,
+    from: Receiver<Value>,
+    /// Events read while waiting for a reply.
+    events: VecDeque<Value>,
+    next_id: u64,
+    session: String,
+    deadline: Instant,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn launch(deadline: Instant) -> Browser {
+        let exe = chromium();
+        let profile = tempfile::tempdir().unwrap();
+        // Chromium reads DevTools commands on fd 3 and writes replies on fd 4; the shell maps them
+        // onto our stdin and stdout pipes (std::process cannot pass extra descriptors).
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg("exec \"$0\" \"$@\" 3<&0 4>&1 </dev/null >/dev/null")
+            .arg(&exe)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-extensions",
+                "--disable-dev-shm-usage",
+                "--hide-scrollbars",
+                "--mute-audio",
+                "--password-store=basic",
+                "--use-mock-keychain",
+                "--window-size=1200,900",
+                "--remote-debugging-pipe",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(profile.path().join("chromium.log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        let to = child.stdin.take().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, from) = mpsc::channel();
+        std::thread::spawn(move || loop {
+            let mut msg = Vec::new();
+            match out.read_until(0, &mut msg) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    msg.pop();
+                    if let Ok(v) = serde_json::from_slice::<Value>(&msg) {
+                        if tx.send(v).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let mut b = Browser {
+            child,
+            to,
+            from,
+            events: VecDeque::new(),
+            next_id: 0,
+            session: String::new(),
+            deadline,
+            _profile: profile,
+        };
+        let target = b.browser_call("Target.createTarget", json!({"url": "about:blank"}));
+        let target_id = target["targetId"].as_str().unwrap().to_owned();
+        let attached = b.browser_call(
+            "Target.attachToTarget",
+            json!({"targetId": target_id, "flatten": true}),
+        );
+        b.session = attached["sessionId"].as_str().unwrap().to_owned();
+        b.call("Page.enable", json!({}));
+        b.call("Network.enable", json!({}));
+        b
+    }
+
+    fn recv(&mut self) -> Value {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        match self.from.recv_timeout(left) {
+            Ok(v) => v,
+            Err(_) => panic!("Chromium did not answer within the test's {BUDGET:?} budget"),
+        }
+    }
+
+    fn send(&mut self, method: &str, params: Value, session: Option<String>) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if let Some(s) = session {
+            msg["sessionId"] = Value::String(s);
+        }
+        let mut bytes = serde_json::to_vec(&msg).unwrap();
+        bytes.push(0);
+        self.to.write_all(&bytes).unwrap();
+        self.to.flush().unwrap();
+        loop {
+            let v = self.recv();
+            if v["id"] == id {
+                if let Some(e) = v.get("error") {
+                    panic!("{method}: {e}");
+                }
+                return v["result"].clone();
+            }
+            self.events.push_back(v);
+        }
+    }
+
+    fn browser_call(&mut self, method: &str, params: Value) -> Value {
+        self.send(method, params, None)
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let s = self.session.clone();
+        self.send(method, params, Some(s))
+    }
+
+    /// Waits for the page's next `load` event (events already queued are dropped first by
+    /// [`Browser::forget_events`]).
+    fn wait_load(&mut self) {
+        loop {
+            let v = match self.events.pop_front() {
+                Some(v) => v,
+                None => self.recv(),
+            };
+            if v["method"] == "Page.loadEventFired" {
+                return;
+            }
+        }
+    }
+
+    fn forget_events(&mut self) {
+        self.events.clear();
+        while let Ok(v) = self.from.try_recv() {
+            drop(v);
+        }
+    }
+
+    fn navigate(&mut self, url: &str) {
+        self.forget_events();
+        self.call("Page.navigate", json!({"url": url}));
+        self.wait_load();
+    }
+
+    fn eval(&mut self, expr: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({"expression": expr, "returnByValue": true}),
+        );
+        if let Some(e) = r.get("exceptionDetails") {
+            panic!("{expr}: {e}");
+        }
+        r["result"]["value"].clone()
+    }
+
+    /// Clicks the element with this id with the mouse, as a visitor would, and waits for the
+    /// reload the banner triggers.
+    fn click_and_wait_reload(&mut self, id: &str) {
+        let at = self.eval(&format!(
+            "(() => {{ const e = document.getElementById({id:?}); e.scrollIntoView(); \
+             const r = e.getBoundingClientRect(); \
+             return e.offsetParent === null ? null : [r.x + r.width / 2, r.y + r.height / 2]; }})()"
+        ));
+        let (x, y) = (
+            at[0]
+                .as_f64()
+                .unwrap_or_else(|| panic!("#{id} is not visible")),
+            at[1].as_f64().unwrap(),
+        );
+        self.forget_events();
+        for kind in ["mousePressed", "mouseReleased"] {
+            self.call(
+                "Input.dispatchMouseEvent",
+                json!({"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}),
+            );
+        }
+        self.wait_load();
+    }
+
+    /// Every cookie the browser holds for the page, `HttpOnly` ones included.
+    fn cookie_names(&mut self) -> Vec<String> {
+        let r = self.call("Network.getCookies", json!({}));
+        let mut names: Vec<String> = r["cookies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn screenshot(&mut self, path: &Path) {
+        let r = self.call(
+            "Page.captureScreenshot",
+            json!({"format": "png", "captureBeyondViewport": false}),
+        );
+        let png = base64_decode(r["data"].as_str().unwrap());
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        std::fs::write(path, png).unwrap();
+        println!("screenshot: {}", path.display());
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Chromium's own log (mostly D-Bus noise in containers) only matters when a step failed.
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self._profile.path().join("chromium.log"))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- chromium log (last lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("bad base64 byte {c}"),
+        }
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|b| *b != b'=' && *b != b'\n').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0_u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= val(c) << (18 - 6 * i);
+        }
+        let b = n.to_be_bytes();
+        out.extend_from_slice(&b[1..chunk.len()]);
+    }
+    out
+}
+
+fn screenshot_dir() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is <target>/tmp.
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let dir = target.join("browser-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const NECESSARY: [&str; 3] = ["csrftoken", "django_language", "sessionid"];
+
+fn is_analytics(name: &str) -> bool {
+    name == "_ga" || name == "_gid" || name.starts_with("_ga_") || name.starts_with("_pk_")
+}
+
+#[test]
+fn consent_banner_accept_then_withdraw_in_chromium() {
+    let deadline = Instant::now() + BUDGET;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let demo = rt.block_on(consent_gateway::demo::start(0)).unwrap();
+    let url = format!("http://{}/", demo.gateway.http_addr.unwrap());
+    let shots = screenshot_dir();
+    let mut b = Browser::launch(deadline);
+
+    // 1. First visit: no choice yet. The banner shows; only necessary cookies are held.
+    b.navigate(&url);
+    let held = b.cookie_names();
+    for n in NECESSARY {
+        assert!(held.contains(&n.to_owned()), "first visit: {n} in {held:?}");
+    }
+    assert!(
+        !held.iter().any(|n| is_analytics(n) || n == "tracker_id"),
+        "first visit: {held:?}"
+    );
+    assert_eq!(
+        b.eval("document.getElementById('consent-banner').hidden"),
+        false
+    );
+    b.screenshot(&shots.join("1-first-visit.png"));
+
+    // 2. Accept all: the banner writes cookies_preferences and reloads; the gateway now keeps
+    //    the portal's analytics cookies and the script writes its own.
+    b.click_and_wait_reload("accept-all");
+    let prefs = b.eval(
+        "decodeURIComponent(document.cookie.match(/(?:^|; )cookies_preferences=([^;]*)/)[1])",
+    );
+    let prefs: Value = serde_json::from_str(prefs.as_str().unwrap()).unwrap();
+    assert_eq!(
+        (prefs["ga"].clone(), prefs["matomo"].clone()),
+        (json!(true), json!(true))
+    );
+    assert!(prefs["timestamp"].is_number());
+    let held = b.cookie_names();
+    for n in NECESSARY
+        .iter()
+        .chain(&[
+            "cookies_preferences",
+            "_ga",
+            "_gid",
+            "_ga_DEMO123",
+            "_pk_id.1.1fff",
+        ])
+        .chain(&[consent_gateway::demo::JS_COOKIE])
+    {
+        assert!(
+            held.contains(&(*n).to_owned()),
+            "after accept: {n} in {held:?}"
+        );
+    }
+    assert!(!held.contains(&"tracker_id".to_owned()), "{held:?}");
+    assert_eq!(
+        b.eval("document.getElementById('consent-banner').hidden"),
+        true
+    );
+    let panel = b.eval("document.getElementById('browser-cookies').textContent");
+    assert!(
+        panel
+            .as_str()
+            .unwrap()
+            .contains(consent_gateway::demo::JS_COOKIE),
+        "{panel}"
+    );
+    b.screenshot(&shots.join("2-accepted.png"));
+
+    // 3. Withdraw: "Necessary only" from the settings. On the reload the browser sends the
+    //    analytics cookies, consent refuses them, and the gateway expires them: on the page's
+    //    response for those the portal does not set again (the script's), and on the analytics
+    //    script's response (which sets nothing) for the others.
+    b.eval("document.getElementById('open-settings').click()");
+    b.click_and_wait_reload("necessary-only");
+    let held = b.cookie_names();
+    for n in NECESSARY.iter().chain(&["cookies_preferences"]) {
+        assert!(
+            held.contains(&(*n).to_owned()),
+            "after withdrawal: {n} in {held:?}"
+        );
+    }
+    let left: Vec<&String> = held.iter().filter(|n| is_analytics(n)).collect();
+    b.screenshot(&shots.join("3-withdrawn.png"));
+    assert!(
+        left.is_empty(),
+        "after withdrawal, analytics cookies remain: {left:?}"
+    );
+    let received = b.eval("document.getElementById('received').textContent");
+    assert!(
+        !received.as_str().unwrap().contains("_ga"),
+        "the portal received refused cookies: {received}"
+    );
+    assert!(
+        Instant::now() < deadline,
+        "the browser test took longer than {BUDGET:?}"
+    );
+    drop(b);
+    demo.gateway.begin_shutdown();
+}
