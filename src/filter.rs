@@ -125,11 +125,18 @@ pub fn filter_response<'p>(
                 d.verdict
             })
             .collect();
-        // Which candidates the upstream sets itself (judged before any header is dropped).
+        // Which candidates the upstream sets itself in a header that reaches the browser. A
+        // header the filter drops sets nothing, so it must not spare the old cookie its purge
+        // (else an origin re-sending a refused tracker on every page would keep it alive).
         let set_by_upstream: Vec<bool> = side
             .candidates
             .iter()
-            .map(|c| parsed.iter().any(|p| p.name == c.name.as_slice()))
+            .map(|c| {
+                parsed
+                    .iter()
+                    .zip(&verdicts)
+                    .any(|(p, v)| *v != Verdict::Drop && p.name == c.name.as_slice())
+            })
             .collect();
         (changed, verdicts, set_by_upstream)
     };
@@ -269,7 +276,8 @@ pub fn strip_request<'p>(
 const EPOCH: &str = "Thu, 01 Jan 1970 00:00:00 GMT";
 
 /// Response side of purging: for each candidate the consent in effect does not grant, and that
-/// the upstream does not set itself in this response (`set_by_upstream`, by candidate), appends
+/// the upstream does not set itself in a header the filter keeps (`set_by_upstream`, by
+/// candidate), appends
 /// deletions (see [`deletions`]). Adds nothing unless `purge` is on in enforce mode; returns how
 /// many cookies were (or would be) purged.
 fn purge(
@@ -707,8 +715,25 @@ mod tests {
             &[]
         )
         .is_empty());
-        // The upstream sets _ga itself in this response (and it is dropped): no purge added.
-        assert!(purged_with("", "_ga=1", &[], &["_ga=new"]).is_empty());
+        // The upstream sets _ga itself and the browser keeps that header: no purge added.
+        assert_eq!(
+            purged_with("", "_ga=1", &["ga"], &["_ga=new"]),
+            vec!["_ga=new"]
+        );
+        assert_eq!(
+            purged_with("mode = \"report-only\"", "_ga=1", &[], &["_ga=new"]),
+            vec!["_ga=new"]
+        );
+    }
+
+    #[test]
+    fn a_refused_cookie_the_upstream_sets_again_is_dropped_and_still_purged() {
+        // The origin re-sends the refused tracker; the filter drops it, and the browser's old
+        // copy is expired all the same (a dropped header sets nothing).
+        let got = purged_with("", "_ga=1", &[], &["_ga=new", "sessionid=2"]);
+        assert_eq!(got[0], "sessionid=2");
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[1..].iter().all(|v| v.starts_with("_ga=; Max-Age=0")));
     }
 
     #[test]

@@ -184,3 +184,31 @@ async fn switches_off_leave_the_request_alone() {
         "_gid=1; mystery=2"
     );
 }
+
+#[tokio::test]
+async fn a_refused_cookie_the_origin_sets_again_is_dropped_and_purged() {
+    // Departure from the SPEC's letter, kept to its intent: the origin's own `_gid` is dropped,
+    // so it sets nothing, and the browser's old `_gid` is purged all the same.
+    let (up, _) = cookie_origin(&["_gid=fresh; Path=/", "sessionid=s; Path=/"]).await;
+    let gw = gateway("", &[("p.toml", registry(up, ""))]).await;
+    let r = get(
+        gw.http_addr.unwrap(),
+        "portal.test",
+        "/",
+        "Cookie: _gid=old\r\n",
+    )
+    .await;
+    let sets = r.all("set-cookie");
+    assert_eq!(sets[0], "sessionid=s; Path=/");
+    assert!(
+        !sets.iter().any(|s| s.starts_with("_gid=fresh")),
+        "{sets:?}"
+    );
+    assert_eq!(
+        sets.iter()
+            .filter(|s| s.starts_with("_gid=; Max-Age=0"))
+            .count(),
+        2,
+        "{sets:?}"
+    );
+}
