@@ -9,11 +9,171 @@ use serde_json::{Map, Value};
 use super::Granted;
 
 /// Decodes a `cookies_preferences` value; `None` when it is neither an object nor an array.
+///
+/// Runs once per request, so it streams: no JSON tree is built, only the granted keys are kept.
+/// Same rules as [`parse`] + [`true_keys`]/[`strings`]: a key is granted when its value is exactly
+/// `true`, and when a key repeats the last occurrence wins (as in `JSON.parse`).
 pub fn decode(value: &[u8]) -> Option<Granted> {
-    match parse(value)? {
-        Value::Object(map) => Some(true_keys(map)),
-        Value::Array(items) => Some(strings(items)),
+    let value = super::unquote(value);
+    match value.first() {
+        Some(b'{' | b'[') => stream(value),
+        Some(_) if value.contains(&b'%') => {
+            let decoded = super::percent_decoded(value);
+            match decoded.trim_ascii().first() {
+                Some(b'{' | b'[') => stream(&decoded),
+                _ => None,
+            }
+        }
         _ => None,
+    }
+}
+
+fn stream(bytes: &[u8]) -> Option<Granted> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let granted = serde::de::Deserializer::deserialize_any(&mut de, GrantedVisitor).ok()?;
+    de.end().ok()?;
+    Some(granted)
+}
+
+/// Visits the top-level object or array.
+struct GrantedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for GrantedVisitor {
+    type Value = Granted;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object of booleans or an array of keys")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Granted, A::Error> {
+        let mut seen: Vec<(std::borrow::Cow<'de, str>, bool)> = Vec::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let IsTrue(on) = map.next_value()?;
+            match seen.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = on,
+                None => seen.push((key, on)),
+            }
+        }
+        Ok(Granted::from_keys(
+            seen.into_iter()
+                .filter(|(_, on)| *on)
+                .map(|(k, _)| k.into_owned()),
+        ))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Granted, A::Error> {
+        let mut keys = Vec::new();
+        while let Some(item) = seq.next_element::<MaybeString<'de>>()? {
+            if let MaybeString(Some(s)) = item {
+                keys.push(s.into_owned());
+            }
+        }
+        Ok(Granted::from_keys(keys))
+    }
+}
+
+/// Any JSON value, consumed; true only for the literal `true`.
+struct IsTrue(bool);
+
+impl<'de> serde::Deserialize<'de> for IsTrue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = IsTrue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<IsTrue, E> {
+                Ok(IsTrue(v))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<IsTrue, E> {
+                Ok(IsTrue(false))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<IsTrue, E> {
+                Ok(IsTrue(false))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<IsTrue, E> {
+                Ok(IsTrue(false))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<IsTrue, E> {
+                Ok(IsTrue(false))
+            }
+            fn visit_unit<E>(self) -> Result<IsTrue, E> {
+                Ok(IsTrue(false))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<IsTrue, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(IsTrue(false))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<IsTrue, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(IsTrue(false))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Any JSON value, consumed; the string when it is one.
+struct MaybeString<'de>(Option<std::borrow::Cow<'de, str>>);
+
+impl<'de> serde::Deserialize<'de> for MaybeString<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MaybeString<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<MaybeString<'de>, E> {
+                Ok(MaybeString(Some(std::borrow::Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<MaybeString<'de>, E> {
+                Ok(MaybeString(Some(std::borrow::Cow::Owned(v.to_owned()))))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<MaybeString<'de>, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<MaybeString<'de>, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<MaybeString<'de>, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<MaybeString<'de>, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_unit<E>(self) -> Result<MaybeString<'de>, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<MaybeString<'de>, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(MaybeString(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<MaybeString<'de>, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(MaybeString(None))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -60,6 +220,37 @@ pub(super) fn strings(items: Vec<Value>) -> Granted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tree-building path the streaming `decode` replaces, kept as the reference.
+    fn by_tree(v: &[u8]) -> Option<Granted> {
+        match parse(v)? {
+            Value::Object(map) => Some(true_keys(map)),
+            Value::Array(items) => Some(strings(items)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn streaming_decode_agrees_with_the_json_tree() {
+        let cases = [
+            r#"{"ga":true,"matomo":false,"timestamp":1718000000000}"#,
+            r#"{"ga":true,"ga":false}"#,
+            r#"{"ga":false,"ga":true,"x":{"y":[1,{"z":true}]},"n":null,"s":"true"}"#,
+            r#"["ga","xiti",3,null,{"a":1},["b"],"pi\u0061no"]"#,
+            "%7B%22necessary%22%3Atrue%2C%22statistical%22%3Afalse%7D",
+            r#""{\"ga\":true}""#,
+            r#"{"ga":true} trailing"#,
+            r#"{"ga":tru}"#,
+            "[",
+            "{}",
+            "[]",
+            "42",
+            "",
+        ];
+        for c in cases {
+            assert_eq!(decode(c.as_bytes()), by_tree(c.as_bytes()), "{c}");
+        }
+    }
 
     fn keys(v: &str) -> Option<Vec<String>> {
         decode(v.as_bytes()).map(|g| g.keys().map(str::to_owned).collect())
