@@ -154,6 +154,7 @@ async fn run(path: &Path) -> ExitCode {
     };
     tracing::info!(
         http = %gateway.http_addr.map(|a| a.to_string()).unwrap_or_default(),
+        https = %gateway.https_addr.map(|a| a.to_string()).unwrap_or_default(),
         admin = %gateway.admin_addr.map(|a| a.to_string()).unwrap_or_default(),
         registry = %cfg.registry_dir.display(),
         files = hosts,

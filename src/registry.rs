@@ -204,8 +204,13 @@ pub struct Registry {
 impl Registry {
     /// Builds the host table. The caller has checked that no host pattern is named twice.
     pub fn new(policies: Vec<HostPolicy>, digest: String) -> Self {
+        Self::from_shared(policies.into_iter().map(Arc::new).collect(), digest)
+    }
+
+    /// [`Registry::new`] over policies that may also serve in other registries (a reload reuses
+    /// the compiled policies of unchanged files).
+    pub fn from_shared(policies: Vec<Arc<HostPolicy>>, digest: String) -> Self {
         let mut hosts = HostTable::default();
-        let policies: Vec<Arc<HostPolicy>> = policies.into_iter().map(Arc::new).collect();
         for p in &policies {
             for h in &p.hosts {
                 hosts.insert(h.clone(), Arc::clone(p));

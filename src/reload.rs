@@ -51,8 +51,9 @@ pub struct Live {
     dir: PathBuf,
     /// The last failed reload's first error; `None` after a good one.
     last_error: Mutex<Option<ConfigError>>,
-    /// Serialises reloads (a watcher event and SIGHUP may race).
-    reloading: Mutex<()>,
+    /// Serialises reloads (a watcher event and SIGHUP may race), and holds the compiled files of
+    /// the last good registry so that a reload recompiles only what changed.
+    reloading: Mutex<config::CompileCache>,
     metrics: Arc<Metrics>,
     /// The https listener's certificates, reloaded with the registry.
     certs: Option<Arc<CertStore>>,
@@ -86,7 +87,7 @@ impl Live {
             }),
             dir,
             last_error: Mutex::new(None),
-            reloading: Mutex::new(()),
+            reloading: Mutex::new(config::CompileCache::default()),
             metrics,
             certs,
             status: watch::channel((0, ReloadResult::Unchanged)).0,
@@ -119,17 +120,19 @@ impl Live {
     /// Re-reads the registry directory (and the certs directory) and swaps in what is valid and
     /// different. Each part that fails keeps its last good version serving.
     pub fn reload(&self) -> ReloadResult {
-        let _serial = self.reloading.lock();
+        // A poisoned lock only means an earlier reload panicked; the cache is still sound data.
+        let mut cache = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut errors = Vec::new();
         let registry = match config::read_registry(&self.dir) {
             Err(e) => {
                 errors.extend(e.0);
                 None
             }
-            Ok(files) if config::registry_digest(&files) == self.current.load().registry.digest => {
-                None
-            }
-            Ok(files) => match config::compile_registry(&files) {
+            Ok(files) if cache.digest(&files) == self.current.load().registry.digest => None,
+            Ok(files) => match config::compile_registry_cached(&files, &mut cache) {
                 Err(e) => {
                     errors.extend(e.0);
                     None
