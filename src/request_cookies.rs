@@ -11,7 +11,9 @@ pub struct CookiePair<'a> {
     pub value: &'a [u8],
 }
 
-fn trim(mut s: &[u8]) -> &[u8] {
+/// Trims spaces and tabs (RFC 6265's optional whitespace), not the other ASCII whitespace that
+/// `<[u8]>::trim_ascii` would also take. Shared with the `Set-Cookie` reader.
+pub(crate) fn trim(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
     }

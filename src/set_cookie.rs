@@ -16,15 +16,7 @@ pub struct SetCookie<'a> {
     pub is_deletion: bool,
 }
 
-fn trim(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
-}
+use crate::request_cookies::trim;
 
 fn split_once(s: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
     let at = s.iter().position(|&b| b == sep)?;

@@ -106,12 +106,10 @@ fn unquote_key(key: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-    fn keys(v: &str) -> Option<Vec<String>> {
-        decode(v.as_bytes()).map(|g| g.keys().map(str::to_owned).collect())
-    }
+    use crate::consent::test_support::{keys_with, owned};
 
-    fn owned(keys: &[&str]) -> Option<Vec<String>> {
-        Some(keys.iter().map(|k| (*k).to_owned()).collect())
+    fn keys(v: &str) -> Option<Vec<String>> {
+        keys_with(decode, v)
     }
 
     #[test]

@@ -252,8 +252,10 @@ mod tests {
         }
     }
 
+    use crate::consent::test_support::keys_with;
+
     fn keys(v: &str) -> Option<Vec<String>> {
-        decode(v.as_bytes()).map(|g| g.keys().map(str::to_owned).collect())
+        keys_with(decode, v)
     }
 
     #[test]

@@ -22,8 +22,10 @@ pub fn decode(value: &[u8]) -> Option<Granted> {
 mod tests {
     use super::*;
 
+    use crate::consent::test_support::keys_with;
+
     fn keys(v: &str) -> Option<Vec<String>> {
-        decode(v.as_bytes()).map(|g| g.keys().map(str::to_owned).collect())
+        keys_with(decode, v)
     }
 
     #[test]

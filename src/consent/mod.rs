@@ -364,6 +364,22 @@ pub fn gpc_requested<'a>(values: impl IntoIterator<Item = &'a http::HeaderValue>
         .any(|v| v.as_bytes().trim_ascii() == b"1")
 }
 
+/// Helpers shared by the decoders' unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::Granted;
+
+    /// The keys a decoder grants for `v`, sorted; `None` when it does not decode.
+    pub(crate) fn keys_with(decode: fn(&[u8]) -> Option<Granted>, v: &str) -> Option<Vec<String>> {
+        decode(v.as_bytes()).map(|g| g.keys().map(str::to_owned).collect())
+    }
+
+    /// `Some` of these keys, owned, for comparing with [`keys_with`].
+    pub(crate) fn owned(keys: &[&str]) -> Option<Vec<String>> {
+        Some(keys.iter().map(|k| (*k).to_owned()).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

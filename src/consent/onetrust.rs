@@ -42,12 +42,10 @@ pub fn decode(value: &[u8]) -> Option<Granted> {
 mod tests {
     use super::*;
 
-    fn keys(v: &str) -> Option<Vec<String>> {
-        decode(v.as_bytes()).map(|g| g.keys().map(str::to_owned).collect())
-    }
+    use crate::consent::test_support::{keys_with, owned};
 
-    fn owned(keys: &[&str]) -> Option<Vec<String>> {
-        Some(keys.iter().map(|k| (*k).to_owned()).collect())
+    fn keys(v: &str) -> Option<Vec<String>> {
+        keys_with(decode, v)
     }
 
     #[test]
