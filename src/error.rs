@@ -1,7 +1,8 @@
 //! The request path's one error type, and the one place that turns it into a response.
 //!
-//! Statuses follow whose fault it is: the client's 400, an unknown host 421, an upstream that
-//! refused or broke 502, an upstream too slow 504. Bodies are short and name no internal detail.
+//! Statuses follow whose fault it is: the client's 400 (405 for `CONNECT`, 408 for a request body
+//! that stalled), an unknown host 421, an upstream that refused or broke 502, an upstream too slow
+//! 504. Bodies are short and name no internal detail.
 
 use http::StatusCode;
 
@@ -16,6 +17,10 @@ pub enum ProxyError {
     UnknownHost,
     #[error("malformed request")]
     BadRequest,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body stalled")]
+    RequestTimeout,
     #[error("upstream refused the connection")]
     UpstreamConnect,
     #[error("upstream timed out")]
@@ -24,6 +29,8 @@ pub enum ProxyError {
     UpstreamReset,
     #[error("upstream broke the protocol")]
     UpstreamProtocol,
+    #[error("upstream response head too large")]
+    UpstreamHeadTooLarge,
 }
 
 impl ProxyError {
@@ -32,10 +39,13 @@ impl ProxyError {
             ProxyError::NoHost | ProxyError::BadHost | ProxyError::BadRequest => {
                 StatusCode::BAD_REQUEST
             }
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::UpstreamConnect
             | ProxyError::UpstreamReset
-            | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            | ProxyError::UpstreamProtocol
+            | ProxyError::UpstreamHeadTooLarge => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -46,10 +56,13 @@ impl ProxyError {
             ProxyError::NoHost => "400 bad request: no Host header\n",
             ProxyError::BadHost => "400 bad request: invalid Host header\n",
             ProxyError::BadRequest => "400 bad request\n",
+            ProxyError::MethodNotAllowed => "405 method not allowed\n",
+            ProxyError::RequestTimeout => "408 request timeout: the request body stalled\n",
             ProxyError::UnknownHost => "421 misdirected request: unknown host\n",
             ProxyError::UpstreamConnect
             | ProxyError::UpstreamReset
-            | ProxyError::UpstreamProtocol => "502 bad gateway\n",
+            | ProxyError::UpstreamProtocol
+            | ProxyError::UpstreamHeadTooLarge => "502 bad gateway\n",
             ProxyError::UpstreamTimeout => "504 gateway timeout\n",
         }
     }
@@ -60,17 +73,23 @@ impl ProxyError {
             ProxyError::UpstreamConnect => Some("connect"),
             ProxyError::UpstreamTimeout => Some("timeout"),
             ProxyError::UpstreamReset => Some("reset"),
-            ProxyError::UpstreamProtocol => Some("protocol"),
+            ProxyError::UpstreamProtocol | ProxyError::UpstreamHeadTooLarge => Some("protocol"),
             _ => None,
         }
     }
 
-    /// Classifies an error of the upstream client.
+    /// Classifies an error of the upstream client. A failure of the client's own request body
+    /// (malformed chunking, a client that went away, a stall past `idle_timeout`) is the
+    /// client's fault, not the upstream's.
     pub fn from_client(e: &hyper_util::client::legacy::Error) -> ProxyError {
+        if let Some(client_fault) = client_body_error(e) {
+            return client_fault;
+        }
         let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
         let mut timed_out = false;
         let mut reset = false;
         let mut parse = false;
+        let mut too_large = false;
         while let Some(s) = source {
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
                 match io.kind() {
@@ -83,7 +102,9 @@ impl ProxyError {
                 }
             }
             if let Some(h) = s.downcast_ref::<hyper::Error>() {
-                if h.is_parse() || h.is_parse_too_large() || h.is_parse_status() {
+                if h.is_parse_too_large() {
+                    too_large = true;
+                } else if h.is_parse() || h.is_parse_status() {
                     parse = true;
                 } else if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
                     reset = true;
@@ -97,6 +118,8 @@ impl ProxyError {
             ProxyError::UpstreamTimeout
         } else if e.is_connect() {
             ProxyError::UpstreamConnect
+        } else if too_large {
+            ProxyError::UpstreamHeadTooLarge
         } else if parse {
             ProxyError::UpstreamProtocol
         } else if reset {
@@ -105,6 +128,39 @@ impl ProxyError {
             ProxyError::UpstreamProtocol
         }
     }
+}
+
+/// When the upstream request failed because the client's body did (hyper's "error from user's
+/// Body stream", caused by the client connection's own error or by [`IdleTimeout`]): 408 when
+/// the client stalled (the body's or the connection's idle timeout), 400 otherwise (malformed
+/// chunked framing, a client that went away mid-body).
+///
+/// [`IdleTimeout`]: crate::body::IdleTimeout
+fn client_body_error(e: &hyper_util::client::legacy::Error) -> Option<ProxyError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_user() {
+                let cause = std::error::Error::source(h)?;
+                if !cause.is::<crate::body::IdleTimeout>() && !cause.is::<hyper::Error>() {
+                    return None;
+                }
+                let mut c = Some(cause);
+                while let Some(x) = c {
+                    let stalled = x.is::<crate::body::IdleTimeout>()
+                        || x.downcast_ref::<std::io::Error>()
+                            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+                    if stalled {
+                        return Some(ProxyError::RequestTimeout);
+                    }
+                    c = x.source();
+                }
+                return Some(ProxyError::BadRequest);
+            }
+        }
+        source = s.source();
+    }
+    None
 }
 
 #[cfg(test)]
@@ -117,10 +173,13 @@ mod tests {
             (ProxyError::NoHost, 400),
             (ProxyError::BadHost, 400),
             (ProxyError::BadRequest, 400),
+            (ProxyError::MethodNotAllowed, 405),
+            (ProxyError::RequestTimeout, 408),
             (ProxyError::UnknownHost, 421),
             (ProxyError::UpstreamConnect, 502),
             (ProxyError::UpstreamReset, 502),
             (ProxyError::UpstreamProtocol, 502),
+            (ProxyError::UpstreamHeadTooLarge, 502),
             (ProxyError::UpstreamTimeout, 504),
         ];
         for (e, code) in cases {

@@ -18,6 +18,7 @@
 //! - [`explain`]: the `explain` command over the same filter the proxy runs.
 //! - [`error`]: the request path's error type and its status mapping.
 //! - [`body`]: streamed bodies and connections with idle timeouts.
+//! - [`hardening`]: request smuggling checks hyper does not make (raw request heads judged).
 //! - [`proxy`]: one request from the client to the upstream and back (read this first).
 //! - [`server`]: accept loop, connection limit, graceful drain.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/registry`, `/policy/{host}`.
@@ -37,6 +38,7 @@ pub mod error;
 pub mod explain;
 pub mod filter;
 pub mod gateway;
+pub mod hardening;
 pub mod host;
 pub mod import;
 pub mod metrics;

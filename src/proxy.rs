@@ -165,6 +165,7 @@ impl Proxy {
         // The snapshot is held to the end of the request (and of its tunnel, if it upgrades).
         let snapshot = self.live.load();
         let host = request_host(&req)?;
+        crate::hardening::check_request(&mut req)?;
         let policy: &Arc<HostPolicy> = snapshot
             .registry
             .lookup(host.as_bytes())

@@ -5,14 +5,31 @@
 //! speak what ALPN chose, `h2` or HTTP/1.1. On shutdown it closes the listener (new connections
 //! are refused), lets every connection finish its in-flight requests, and after `shutdown_grace`
 //! cuts what remains.
+//!
+//! Limits against slow or greedy clients:
+//! - `header_read_timeout` bounds the time to send a request head, counted from when the server
+//!   starts waiting for it, so it also bounds how long an idle kept-alive connection stays open
+//!   between requests (hyper closes it without a response; slowloris connections end this way);
+//! - `idle_timeout` bounds any stall of a connection ([`IdleIo`]) and of a streamed body;
+//! - `max_connections`: past it a new connection gets a 503 and is closed at once;
+//! - an HTTP/1 connection serves at most [`MAX_REQUESTS_PER_CONNECTION`] requests, then the
+//!   response says `Connection: close` (like nginx's `keepalive_requests`);
+//! - every HTTP/1 request head is also judged by [`HeadCheck`] (request smuggling), its verdict
+//!   handed to the request as an extension for `hardening::check_request`.
+//!
+//! hyper answers a request its parser refuses (400, 431, 414) itself, with an empty body, before
+//! any handler runs; such a refusal is logged here with the access log's target and counted in
+//! `consent_gateway_requests_total{host="unknown"}`.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::header::{HeaderValue, CONNECTION};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -24,7 +41,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::{IdleIo, ProxyBody};
 use crate::config::Limits;
-use crate::metrics::Metrics;
+use crate::hardening::{HeadCheck, HeadChecks};
+use crate::metrics::{HostCode, Metrics};
+
+/// Requests served on one HTTP/1 connection before the gateway asks the client to reconnect.
+pub const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
 
 /// The answer to a connection over `max_connections`.
 const OVERLOADED: &[u8] =
@@ -86,16 +107,15 @@ where
                 let drain = drain_rx.clone();
                 let metrics = metrics.clone();
                 let (idle, handshake) = (limits.idle_timeout, limits.header_read_timeout);
+                let max_head = limits.max_header_bytes;
                 conns.spawn(async move {
                     let _permit = permit;
                     let _open = metrics.as_ref().map(OpenGuard::new);
                     let io = IdleIo::new(stream, idle);
-                    let svc = service_fn(move |req| {
-                        let fut = handler(req, peer);
-                        async move { Ok::<_, Infallible>(fut.await) }
-                    });
                     let Some(acceptor) = tls else {
-                        return drive_h1(&h1, TokioIo::new(io), svc, drain, peer).await;
+                        let (io, checks) = HeadCheck::new(io, max_head);
+                        let svc = service(handler, peer, Some(checks));
+                        return drive_h1(&h1, TokioIo::new(io), svc, drain, peer, metrics).await;
                     };
                     let stream = match tokio::time::timeout(handshake, acceptor.accept(io)).await {
                         Ok(Ok(s)) => s,
@@ -109,9 +129,12 @@ where
                         }
                     };
                     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let svc = service(handler, peer, None);
                         drive_h2(&h2, TokioIo::new(stream), svc, drain, peer).await;
                     } else {
-                        drive_h1(&h1, TokioIo::new(stream), svc, drain, peer).await;
+                        let (io, checks) = HeadCheck::new(stream, max_head);
+                        let svc = service(handler, peer, Some(checks));
+                        drive_h1(&h1, TokioIo::new(io), svc, drain, peer, metrics).await;
                     }
                 });
             }
@@ -137,6 +160,48 @@ where
     }
 }
 
+/// The service of one connection. With `checks` (HTTP/1) each request carries its head verdict,
+/// a 101 stops the head scanner, and the response to the connection's
+/// [`MAX_REQUESTS_PER_CONNECTION`]th request closes it.
+fn service<H, F>(
+    handler: H,
+    peer: SocketAddr,
+    checks: Option<HeadChecks>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+> + Send
+       + 'static
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let served = AtomicUsize::new(0);
+    service_fn(move |mut req: Request<Incoming>| {
+        let checks = checks.clone();
+        let mut last = false;
+        if let Some(c) = &checks {
+            req.extensions_mut().insert(c.next_verdict());
+            last = served.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_REQUESTS_PER_CONNECTION;
+        }
+        let fut = handler(req, peer);
+        async move {
+            let mut resp = fut.await;
+            if let Some(c) = checks {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    c.upgraded();
+                } else if last {
+                    resp.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+            }
+            Ok::<_, Infallible>(resp)
+        }
+    })
+}
+
 /// Serves HTTP/1.1 (with upgrades) on one connection until it ends or the drain asks it to stop
 /// after its in-flight request.
 async fn drive_h1<I, S>(
@@ -145,6 +210,7 @@ async fn drive_h1<I, S>(
     svc: S,
     mut drain: watch::Receiver<bool>,
     peer: SocketAddr,
+    metrics: Option<Arc<Metrics>>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send + 'static,
@@ -156,13 +222,53 @@ async fn drive_h1<I, S>(
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                h1_connection_error(&e, peer, metrics.as_deref());
             }
         }
         () = shutdown_requested(&mut drain) => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            if let Err(e) = conn.await {
+                h1_connection_error(&e, peer, metrics.as_deref());
+            }
         }
+    }
+}
+
+/// Logs how an HTTP/1 connection failed. A request head hyper's parser refused was answered by
+/// hyper itself (no handler ran, so no access log line yet): log and count it here.
+fn h1_connection_error(e: &hyper::Error, peer: SocketAddr, metrics: Option<&Metrics>) {
+    let status: u16 = if e.is_parse_too_large() {
+        // hyper's two "too large" answers; only its message tells them apart.
+        if e.to_string().contains("URI") {
+            414
+        } else {
+            431
+        }
+    } else if e.is_parse() && !e.is_parse_version_h2() {
+        400
+    } else {
+        if e.is_timeout() {
+            tracing::debug!(peer = %peer, "request head not received within header_read_timeout: connection closed");
+        } else {
+            tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+        }
+        return;
+    };
+    tracing::info!(
+        target: "consent_gateway::access",
+        host = "unknown",
+        status,
+        peer = %peer,
+        error = %e,
+        "request refused by the HTTP/1 parser"
+    );
+    if let Some(m) = metrics {
+        m.requests
+            .get_or_create(&HostCode {
+                host: "unknown".into(),
+                code: status,
+            })
+            .inc();
     }
 }
 

@@ -6,7 +6,9 @@
 //! default certificate. A reload swaps the whole set; a broken file keeps the last good set.
 //!
 //! Upstream: [`Upstreams`] hands out pooled clients, one per (CA bundle, SNI name), trusting the
-//! platform's roots unless the host names its own `upstream_ca`.
+//! platform's roots unless the host names its own `upstream_ca`. An [`UpstreamClient`] bounds the
+//! upstream's response head, skips header lines that do not parse, and retries a bodiless
+//! idempotent request once when the upstream closed a kept-alive connection under it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, Method, Request, Response};
+use http_body_util::{Either, Empty};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -327,8 +332,121 @@ pub fn not_after(cert: &[u8]) -> Option<i64> {
 // ---------------------------------------------------------------------------------------------
 // Upstream clients.
 
+/// Largest upstream response head accepted (status line and headers; `max_header_bytes` when
+/// that is larger), beyond which the response is a 502 logged as `upstream response head too
+/// large`; past 100 headers too. hyper-util's client has no head-size option: this is hyper's
+/// read buffer cap (`http1_max_buf_size`), checked between reads, so a head may pass with one
+/// read of slack (up to twice the cap) and the client never reads more than the cap at once.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// The body sent upstream: the client's, or none for a request sent (and perhaps resent) without
+/// one.
+type SentBody = Either<UpstreamBody, Empty<Bytes>>;
+
 /// A pooled client to upstreams, plain or TLS.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+///
+/// hyper-util already resends a request that a pooled connection refused before any byte of it
+/// was written (`retry_canceled_requests`). An upstream can also close an idle kept-alive
+/// connection while our request is on its way: the request is written, then the connection ends
+/// without a response byte. A request with an idempotent method (RFC 9110 §9.2.2) and no body
+/// is then sent once more; any other request (every POST, every request with a body) is not,
+/// since the upstream may have acted on it.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    inner: Client<HttpsConnector<HttpConnector>, SentBody>,
+}
+
+impl UpstreamClient {
+    /// Sends one request and returns the upstream response head.
+    pub async fn request(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        use hyper::body::Body as _;
+        let replayable = is_idempotent(req.method()) && req.body().is_end_stream();
+        let (parts, body) = req.into_parts();
+        if !replayable {
+            let sent = self
+                .inner
+                .request(Request::from_parts(parts, Either::Left(body)))
+                .await;
+            return sent.map(without_conflicting_length);
+        }
+        drop(body);
+        let again = {
+            let mut b = Request::builder()
+                .method(parts.method.clone())
+                .uri(parts.uri.clone())
+                .version(parts.version);
+            if let Some(h) = b.headers_mut() {
+                h.clone_from(&parts.headers);
+            }
+            b.body(Either::Right(Empty::new()))
+        };
+        let first = self
+            .inner
+            .request(Request::from_parts(parts, Either::Right(Empty::new())))
+            .await;
+        let resp = match (first, again) {
+            (Err(e), Ok(again)) if closed_before_answering(&e) => {
+                tracing::info!(
+                    upstream = %again.uri().authority().map_or("", |a| a.as_str()),
+                    method = %again.method(),
+                    "upstream closed the connection before answering: sending the request once more"
+                );
+                self.inner.request(again).await
+            }
+            (first, _) => first,
+        };
+        resp.map(without_conflicting_length)
+    }
+}
+
+/// Methods a client may send again without changing what the first one did (RFC 9110 §9.2.2).
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether the upstream ended the connection without a byte of response (EOF or reset) — what
+/// a stale kept-alive connection looks like. Not a connect failure, not a timeout.
+fn closed_before_answering(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+            if h.is_timeout() || h.is_parse() || h.is_user() {
+                return false;
+            }
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// An upstream response with both `Transfer-Encoding` and `Content-Length` was read as chunked;
+/// its `Content-Length` must not reach the client (RFC 9112 §6.3).
+fn without_conflicting_length<B>(mut resp: Response<B>) -> Response<B> {
+    if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    resp
+}
 
 /// Why an upstream client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -439,12 +557,24 @@ impl Upstreams {
             None => builder,
         };
         let connector = builder.enable_all_versions().wrap_connector(http);
-        Ok(Client::builder(TokioExecutor::new())
+        let max_head = MAX_RESPONSE_HEAD.max(self.limits.max_header_bytes);
+        let inner = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(self.limits.idle_timeout)
             .pool_max_idle_per_host(512)
-            .build(connector))
+            // A pooled connection found closed before the request was written: resend.
+            .retry_canceled_requests(true)
+            // Response head limits. The header count stays hyper's default, 100 (setting it
+            // moves the parser's header array to the heap).
+            .http1_max_buf_size(max_head)
+            .http2_max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+            // A header line that does not parse (a NUL or bare CR in a Set-Cookie, a space in
+            // a name, obs-fold) is skipped rather than failing the whole response with a 502:
+            // the cookie is not forwarded, the page still is.
+            .http1_ignore_invalid_headers_in_responses(true)
+            .build(connector);
+        Ok(UpstreamClient { inner })
     }
 }
 
