@@ -31,7 +31,6 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
 
 use crate::config::{ConfigError, Limits};
-use crate::host::{HostPattern, HostTable};
 use crate::proxy::UpstreamBody;
 use crate::registry::HostPolicy;
 
@@ -58,7 +57,11 @@ impl fmt::Debug for LoadedCert {
 /// Every certificate of `certs_dir`, indexed for SNI.
 #[derive(Debug, Default)]
 pub struct CertSet {
-    by_name: HostTable<Arc<CertifiedKey>>,
+    /// `<name>.crt` by lower-case name.
+    exact: std::collections::HashMap<String, Arc<CertifiedKey>>,
+    /// `*.<suffix>.crt` (or `_wildcard.<suffix>.crt`) by lower-case suffix. A wildcard
+    /// certificate covers exactly one label below its suffix (RFC 6125 §6.4.3).
+    wildcard: std::collections::HashMap<String, Arc<CertifiedKey>>,
     /// All certificates in file-name order (SAN fallback, metrics, `check`).
     pub certs: Vec<LoadedCert>,
     default: Option<Arc<CertifiedKey>>,
@@ -69,7 +72,14 @@ pub struct CertSet {
 impl CertSet {
     /// The certificate for an SNI name (already lower case, as rustls gives it).
     pub fn for_name(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        if let Some(k) = self.by_name.get(name.trim_end_matches('.')) {
+        let name = name.trim_end_matches('.');
+        if let Some(k) = self.exact.get(name) {
+            return Some(Arc::clone(k));
+        }
+        if let Some(k) = name
+            .split_once('.')
+            .and_then(|(_, parent)| self.wildcard.get(parent))
+        {
             return Some(Arc::clone(k));
         }
         let server_name = ServerName::try_from(name).ok()?;
@@ -164,12 +174,14 @@ pub fn load_certs(dir: &Path, default: Option<&str>) -> Result<CertSet, Vec<Conf
         match load_pair(&name, &crt, &key) {
             Err(e) => errors.push(e),
             Ok(c) => {
-                let pattern = name
-                    .strip_prefix("_wildcard.")
-                    .map_or_else(|| name.parse::<HostPattern>(), |s| format!("*.{s}").parse());
-                if let Ok(p) = pattern {
-                    set.by_name.insert(p, Arc::clone(&c.key));
-                }
+                let lower = name.to_ascii_lowercase();
+                match lower
+                    .strip_prefix("*.")
+                    .or_else(|| lower.strip_prefix("_wildcard."))
+                {
+                    Some(suffix) => set.wildcard.insert(suffix.to_owned(), Arc::clone(&c.key)),
+                    None => set.exact.insert(lower.clone(), Arc::clone(&c.key)),
+                };
                 set.certs.push(c);
             }
         }

@@ -202,6 +202,26 @@ async fn wildcard_certificates_cover_their_subdomains() {
 }
 
 #[tokio::test]
+async fn a_wildcard_certificate_is_not_offered_two_labels_down() {
+    // *.portal.test covers www.portal.test, not a.b.portal.test (RFC 6125 §6.4.3): that name
+    // gets the default certificate (which covers it here), not one the client would reject.
+    let ca = Ca::new("test CA");
+    let star = ca.leaf(&["*.portal.test"]);
+    let default = ca.leaf(&["a.b.portal.test"]);
+    let (up, _) = cookie_origin(SETS).await;
+    let t = TlsGateway::start(
+        &[("*.portal.test", &star), ("default", &default)],
+        Some("default"),
+        portal_toml(up, ""),
+    )
+    .await;
+    let s = connect(t.https(), "a.b.portal.test", true, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(presented(&s), default.der);
+    let s = connect(t.https(), "www.portal.test", true, &ca.pem, &[b"http/1.1"]).await;
+    assert_eq!(presented(&s), star.der);
+}
+
+#[tokio::test]
 async fn clients_without_sni_get_the_default_certificate() {
     let ca = Ca::new("test CA");
     let (a, default) = (ca.leaf(&["a.test"]), ca.leaf(&["default.test"]));
