@@ -145,6 +145,13 @@ async fn run(path: &Path) -> ExitCode {
         }
     };
     let hosts = registry.policies.len();
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let gateway = match Gateway::start(&cfg, registry).await {
         Ok(g) => g,
         Err(e) => {
@@ -160,10 +167,7 @@ async fn run(path: &Path) -> ExitCode {
         files = hosts,
         "consent-gateway listening"
     );
-    if let Err(e) = wait_for_signals(&gateway).await {
-        tracing::error!("cannot install signal handlers: {e}");
-        return ExitCode::from(1);
-    }
+    signals.serve(&gateway).await;
     gateway.begin_shutdown();
     tracing::info!(grace = ?cfg.limits.shutdown_grace, "shutting down: readiness off, draining");
     let cut = gateway.wait().await;
@@ -171,19 +175,34 @@ async fn run(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Serves SIGHUP (reload) until SIGTERM or SIGINT.
-async fn wait_for_signals(gateway: &Gateway) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM"); return Ok(()) }
-            _ = int.recv() => { tracing::info!("SIGINT"); return Ok(()) }
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the registry");
-                gateway.reload().await;
+/// The process's signal streams, installed before the listeners are bound: a SIGTERM that arrives
+/// as soon as the gateway looks ready must drain it, not kill it with the default action.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Serves SIGHUP (reload) until SIGTERM or SIGINT.
+    async fn serve(mut self, gateway: &Gateway) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { tracing::info!("SIGTERM"); return }
+                _ = self.int.recv() => { tracing::info!("SIGINT"); return }
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the registry");
+                    gateway.reload().await;
+                }
             }
         }
     }

@@ -73,12 +73,21 @@ impl Running {
     /// The first log line (from now on) that `pred` accepts.
     fn wait_log(&mut self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         loop {
-            let v = self
-                .logs
-                .recv_timeout(Duration::from_secs(15))
-                .expect("expected log line did not come");
+            let v = match self.logs.recv_timeout(Duration::from_secs(15)) {
+                Ok(v) => v,
+                Err(e) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    panic!(
+                        "expected log line did not come ({e}); gateway status: {:?}",
+                        self.child.try_wait()
+                    );
+                }
+            };
             if pred(&v) {
                 return v;
+            }
+            if v["level"] == "ERROR" {
+                eprintln!("gateway logged an error: {v}");
             }
         }
     }
