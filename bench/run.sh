@@ -286,10 +286,12 @@ if [ "$HAVE_HAPROXY" = 1 ]; then
     cat "$RUN"/haproxy*.log >&2; echo "haproxy did not start; skipping it" >&2; HAVE_HAPROXY=0
   fi
 fi
-start_gateway() { # [CMD]
-  start_bg gateway "$RUN/gateway.log" bash -c "exec env ${1:-$GATEWAY_CMD}"   # env: allows VAR=value prefixes
+GATEWAY_STARTS=0
+start_gateway() { # [CMD]  (logs: gateway-1.log for the load runs, then one per restart)
+  GATEWAY_STARTS=$((GATEWAY_STARTS + 1))
+  start_bg gateway "$RUN/gateway-$GATEWAY_STARTS.log" bash -c "exec env ${1:-$GATEWAY_CMD}"   # env: allows VAR=value prefixes
   ROOT[gateway]=$LAST_PID
-  wait_http "http://$GATEWAY/plain" 20 || { tail -20 "$RUN/gateway.log" >&2; die "gateway at $GATEWAY does not answer"; }
+  wait_http "http://$GATEWAY/plain" 20 || { tail -20 "$RUN/gateway-$GATEWAY_STARTS.log" >&2; die "gateway at $GATEWAY does not answer"; }
 }
 restart_gateway() { # [CMD]: stop the harness's gateway (by pid), forget its pid, start a fresh one
   local old=${ROOT[gateway]} p keep=()
@@ -589,7 +591,7 @@ if [ "$MEMORY" = 1 ] && [ -n "${ROOT[gateway]:-}" ]; then
   echo "-- gateway memory (VmRSS of the gateway process)"
   gp=($(target_pids gateway))
   [ -n "$GW_START_RSS" ] && printf '%-58s %8.1f MiB\n' "at start, idle (after the readiness requests)" "$(awk "BEGIN{print $GW_START_RSS/1024}")"
-  [ -n "$GW_AFTER_LOAD" ] && printf '%-58s %8s\n' "after the load runs, idle" "$GW_AFTER_LOAD"
+  [ -n "$GW_AFTER_LOAD" ] && printf '%-58s %s\n' "after the load runs, idle" "$GW_AFTER_LOAD"
   n=$MEM_CONNS
   if [ "$NOFILE" -lt $(( MEM_CONNS + 256 )) ]; then
     n=$(( NOFILE - 256 )); [ "$n" -lt 0 ] && n=0
