@@ -340,6 +340,10 @@ procs_ticks() { # PID... -> utime+stime (all threads) + this shell's reaped chil
         { r = $0; sub(/^.*\) /, "", r); split(r, a, " "); s += a[12] + a[13] }
         END { sub(/^.*\) /, "", self); split(self, b, " "); print s + b[14] + b[15] }'
 }
+target_ticks() { # PID... -> utime+stime (all threads) of these processes only
+  { for p in "$@"; do cat "/proc/$p/stat" 2>/dev/null || true; done; } \
+    | awk '{ r = $0; sub(/^.*\) /, "", r); split(r, a, " "); s += a[12] + a[13] } END { print s + 0 }'
+}
 kthread_ticks() { # utime+stime of kernel threads (PF_KTHREAD): ksoftirqd, kworkers (loopback delivery, ...)
   { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{ r = $0; sub(/^.*\) /, "", r); split(r, a, " ")
     if (int(a[7] / 2097152) % 2 == 1) s += a[12] + a[13] } END { print s + 0 }'
@@ -438,7 +442,7 @@ load() {
     ' "$3.json" >> "$3"
   fi
 }
-# results.tsv: round target path rps p50_us p99_us errors peak_rss_kib other_cpu_pct loadavg1
+# results.tsv: round target path rps p50_us p99_us errors peak_rss_kib other_cpu_pct loadavg1 cpu_us_per_request
 for round in $(seq 1 "$ROUNDS"); do
   # Rotate the target order each round so that no target always runs first/last (position bias).
   n=${#ACTIVE[@]}; k=$(( (round - 1) % n ))
@@ -452,7 +456,9 @@ for round in $(seq 1 "$ROUNDS"); do
       load "$url" "$WARMUP" "$RUN/wrk/$tag-warmup.txt"
       sp=($(all_server_pids))
       read -r c0_total c0_busy < <(cpu_ticks); o0=$(( $(procs_ticks "${sp[@]}") + $(kthread_ticks) ))
+      own0=$(target_ticks "${tp[@]}")
       load "$url" "$DURATION" "$RUN/wrk/$tag.txt"
+      own1=$(target_ticks "${tp[@]}")
       read -r c1_total c1_busy < <(cpu_ticks); o1=$(( $(procs_ticks "${sp[@]}") + $(kthread_ticks) ))
       hwm=-1
       [ ${#tp[@]} -gt 0 ] && hwm=$(status_kib VmHWM "${tp[@]}")
@@ -462,12 +468,16 @@ for round in $(seq 1 "$ROUNDS"); do
       line=$(grep '^RESULT' "$RUN/wrk/$tag.txt" || true)
       if [ -z "$line" ]; then
         echo "$LOADGEN failed for $t $path:" >&2; cat "$RUN/wrk/$tag.txt" >&2
-        printf '%s\t%s\t%s\t0\t0\t0\t-1\t%s\t%s\t%s\n' "$round" "$t" "$path" "$hwm" "$other" "$load1" >> "$RESULTS"
+        printf '%s\t%s\t%s\t0\t0\t0\t-1\t%s\t%s\t%s\t-1\n' "$round" "$t" "$path" "$hwm" "$other" "$load1" >> "$RESULTS"
         continue
       fi
       errs=$(( $(field err_connect "$line") + $(field err_read "$line") + $(field err_write "$line") + $(field err_status "$line") + $(field err_timeout "$line") ))
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$path" \
-        "$(field rps "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")" "$errs" "$hwm" "$other" "$load1" >> "$RESULTS"
+      # CPU time of the target's own processes per request, in microseconds (clock ticks are 1/CLK_TCK s).
+      cpu_us=$(awk -v d=$((own1 - own0)) -v hz="$(getconf CLK_TCK)" -v n="$(field requests "$line")" \
+        'BEGIN{ if (n > 0 && d >= 0) printf "%.1f", d * 1e6 / hz / n; else print -1 }')
+      [ ${#tp[@]} -gt 0 ] || cpu_us=-1
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$path" \
+        "$(field rps "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")" "$errs" "$hwm" "$other" "$load1" "$cpu_us" >> "$RESULTS"
     done
   done
 done
@@ -488,29 +498,33 @@ echo
 echo "-- per-round results (peak RSS = VmHWM of the target's processes over warm-up + run, nginx: master+workers;"
 echo "   other% = CPU used during the run by processes outside the bench (neither its servers, the load generator nor"
 echo "   kernel threads), % of all cores: another job on the machine; load1 = 1-min loadavg after the run)"
-printf '%-5s %-12s %-6s %12s %10s %10s %7s %9s %6s %6s\n' round target path 'req/s' 'p50 ms' 'p99 ms' errors 'RSS MiB' 'other%' load1
-while IFS=$'\t' read -r r t p rps p50 p99 e hwm other l1; do
-  printf '%-5s %-12s %-6s %12.0f %10.2f %10.2f %7s %9s %6s %6s\n' "$r" "$t" "$p" "$rps" \
+printf '%-5s %-12s %-6s %12s %10s %10s %7s %9s %9s %6s %6s\n' round target path 'req/s' 'p50 ms' 'p99 ms' errors 'RSS MiB' 'CPU us/r' 'other%' load1
+while IFS=$'\t' read -r r t p rps p50 p99 e hwm other l1 cpu; do
+  printf '%-5s %-12s %-6s %12.0f %10.2f %10.2f %7s %9s %9s %6s %6s\n' "$r" "$t" "$p" "$rps" \
     "$(awk "BEGIN{print $p50/1000}")" "$(awk "BEGIN{print $p99/1000}")" "$e" \
-    "$(awk -v h="$hwm" 'BEGIN{ if (h >= 0) printf "%.1f", h/1024; else printf "-" }')" "$other" "$l1"
+    "$(awk -v h="$hwm" 'BEGIN{ if (h >= 0) printf "%.1f", h/1024; else printf "-" }')" \
+    "$(awk -v c="$cpu" 'BEGIN{ if (c >= 0) printf "%.1f", c; else printf "-" }')" "$other" "$l1"
 done < "$RESULTS"
 echo
 [ "$ROUNDS" -gt 1 ] && echo "-- median of $ROUNDS rounds" || echo "-- results"
-printf '%-12s %-6s %10s %8s %8s %8s %8s %8s %8s %6s %8s\n' target path 'req/s' 'p50 ms' 'p99 ms' 'rps/dir' 'rps/njs' 'p99/dir' 'p99/njs' errors 'RSS MiB'
+printf '%-12s %-6s %10s %8s %8s %8s %8s %8s %8s %6s %8s %9s\n' target path 'req/s' 'p50 ms' 'p99 ms' 'rps/dir' 'rps/njs' 'p99/dir' 'p99/njs' errors 'RSS MiB' 'CPU us/r'
 for path in $PATHS; do
   for t in "${ACTIVE[@]}"; do
     rps=$(col "$t" "$path" 4 | median); p50=$(col "$t" "$path" 5 | median); p99=$(col "$t" "$path" 6 | median)
     errs=$(col "$t" "$path" 7 | awk '{ if ($1 < 0) f=1; else s+=$1 } END{ print f ? "FAILED" : s+0 }')
     peak=$(col "$t" "$path" 8 | awk 'BEGIN{m=-1} $1>m{m=$1} END{ if (m >= 0) printf "%.1f", m/1024; else printf "-" }')
-    printf '%-12s %-6s %10.0f %8.2f %8.2f %8s %8s %8s %8s %6s %8s\n' "$t" "$path" "$rps" \
+    cpu=$(col "$t" "$path" 11 | awk '$1 >= 0' | median)
+    printf '%-12s %-6s %10.0f %8.2f %8.2f %8s %8s %8s %8s %6s %8s %9s\n' "$t" "$path" "$rps" \
       "$(awk "BEGIN{print $p50/1000}")" "$(awk "BEGIN{print $p99/1000}")" \
       "$(fmt_ratio "$(ratio "$t" "$path" 4 direct)")" "$(fmt_ratio "$(ratio "$t" "$path" 4 nginx-njs)")" \
       "$(fmt_ratio "$(ratio "$t" "$path" 6 direct)")" "$(fmt_ratio "$(ratio "$t" "$path" 6 nginx-njs)")" \
-      "$errs" "$peak"
+      "$errs" "$peak" "$(awk -v c="$cpu" 'BEGIN{ if (c > 0) printf "%.1f", c; else printf "-" }')"
   done
 done
 echo "(req/s higher is better; latencies from $LOADGEN, microsecond resolution; errors = connect+read+write+timeout+non-2xx/3xx;"
-echo " ratios = median over rounds of the same-round ratio; RSS MiB = highest peak RSS of the rounds"
+echo " ratios = median over rounds of the same-round ratio; RSS MiB = highest peak RSS of the rounds;"
+echo " CPU us/r = CPU time (user+system) of the target's own processes per request, median over rounds: what the"
+echo " target itself costs, less noisy than req/s; for direct it is the upstream's cost, for a proxy its own only"
 [ "$HWM_RESET" = 1 ] || echo " NOTE: resetting VmHWM (/proc/PID/clear_refs) was refused: RSS is the peak since the process started"
 echo ")"
 if [[ " ${ACTIVE[*]} " == *" gateway "* ]] && [ ${#ACTIVE[@]} -gt 1 ]; then

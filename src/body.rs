@@ -153,19 +153,21 @@ impl<T> IdleIo<T> {
     }
 
     /// `Ready(err)` once the connection has been idle for `timeout`.
+    ///
+    /// The timer is not moved on every request (that costs a timer-wheel update per request):
+    /// it stays at its old deadline, and when it fires while the connection was active since,
+    /// it is re-armed to `last_activity + timeout`. One re-arm per `timeout` at most.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
-            let deadline = self.last_activity + self.timeout;
-            if self.sleep.deadline() != deadline {
-                self.sleep.as_mut().reset(deadline);
-            }
             ready!(self.sleep.as_mut().poll(cx));
-            if self.last_activity + self.timeout <= Instant::now() {
+            let deadline = self.last_activity + self.timeout;
+            if deadline <= Instant::now() {
                 return Poll::Ready(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "connection idle timeout",
                 ));
             }
+            self.sleep.as_mut().reset(deadline);
         }
     }
 }
@@ -235,5 +237,47 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_times_out_after_idle_timeout() {
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let mut io = IdleIo::new(ours, TIMEOUT);
+        let start = Instant::now();
+        let mut buf = [0u8; 8];
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_pushes_the_deadline_back() {
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let mut io = IdleIo::new(ours, TIMEOUT);
+        let start = Instant::now();
+        let mut buf = [0u8; 8];
+        // A byte every 6 s for 30 s: never idle for 10 s, although the first timer (armed at
+        // the start for 10 s) fires in between and must be re-armed, not obeyed.
+        for _ in 0..5 {
+            let peer = async {
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                theirs.write_all(b"x").await.unwrap();
+            };
+            let (n, ()) = tokio::join!(io.read(&mut buf), peer);
+            assert_eq!(n.unwrap(), 1);
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        // Then silence: it ends 10 s after the last byte.
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(40));
     }
 }

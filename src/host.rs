@@ -4,7 +4,9 @@
 //! the [`HostTable`] answers lookups with the most specific match: an exact name beats any
 //! wildcard, and among wildcards the longest suffix wins.
 
-use std::collections::HashMap;
+// foldhash: the keys are the registry's own (names from config files), lookups never insert, so
+// a fast hasher is safe here; SipHash was ~2 % of the request path.
+use foldhash::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -144,7 +146,7 @@ pub struct HostTable<T> {
 impl<T> Default for HostTable<T> {
     fn default() -> Self {
         HostTable {
-            exact: HashMap::new(),
+            exact: HashMap::default(),
             wildcards: Vec::new(),
         }
     }

@@ -480,7 +480,9 @@ pub struct Upstreams {
     limits: Limits,
     /// The platform's trusted roots, read once.
     platform_roots: Arc<rustls::RootCertStore>,
-    clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
+    clients: Mutex<HashMap<ClientKey, Arc<UpstreamClient>>>,
+    /// The client of every plain-http upstream (no CA, no SNI): found without a lock.
+    plain: std::sync::OnceLock<Arc<UpstreamClient>>,
 }
 
 impl Upstreams {
@@ -495,35 +497,39 @@ impl Upstreams {
             limits,
             platform_roots: Arc::new(roots),
             clients: Mutex::new(HashMap::new()),
+            plain: std::sync::OnceLock::new(),
         }
     }
 
     /// The client for a host's upstream.
-    pub fn client_for(&self, policy: &HostPolicy) -> Result<UpstreamClient, UpstreamTlsError> {
-        let key = if policy.upstream.is_tls() {
-            ClientKey {
-                ca: policy.upstream_ca.clone(),
-                sni: policy
-                    .upstream_host
-                    .as_ref()
-                    .and_then(|h| h.to_str().ok())
-                    .map(|h| {
-                        h.parse::<http::uri::Authority>()
-                            .map_or_else(|_| h.to_owned(), |a| a.host().to_owned())
-                    }),
+    pub fn client_for(&self, policy: &HostPolicy) -> Result<Arc<UpstreamClient>, UpstreamTlsError> {
+        if !policy.upstream.is_tls() {
+            if let Some(c) = self.plain.get() {
+                return Ok(Arc::clone(c));
             }
-        } else {
-            ClientKey {
+            let built = Arc::new(self.build(&ClientKey {
                 ca: None,
                 sni: None,
-            }
+            })?);
+            return Ok(Arc::clone(self.plain.get_or_init(|| built)));
+        }
+        let key = ClientKey {
+            ca: policy.upstream_ca.clone(),
+            sni: policy
+                .upstream_host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .map(|h| {
+                    h.parse::<http::uri::Authority>()
+                        .map_or_else(|_| h.to_owned(), |a| a.host().to_owned())
+                }),
         };
         if let Some(c) = self.clients.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(c);
         }
-        let client = self.build(&key)?;
+        let client = Arc::new(self.build(&key)?);
         if let Ok(mut m) = self.clients.lock() {
-            m.insert(key, client.clone());
+            m.insert(key, Arc::clone(&client));
         }
         Ok(client)
     }

@@ -343,8 +343,48 @@ fn unquote(value: &[u8]) -> &[u8] {
 
 /// The value with its `%XX` escapes decoded (an invalid escape stays as is); borrowed when there
 /// is nothing to decode.
+///
+/// Same result as `percent_encoding::percent_decode`, but copies the runs between escapes in
+/// slices instead of byte by byte: it runs on every request's consent cookie.
 fn percent_decoded(value: &[u8]) -> Cow<'_, [u8]> {
-    percent_encoding::percent_decode(value).into()
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let Some(first) = value.iter().position(|&b| b == b'%') else {
+        return Cow::Borrowed(value);
+    };
+    let mut out = Vec::with_capacity(value.len());
+    out.extend_from_slice(&value[..first]);
+    let mut rest = &value[first..];
+    let mut changed = false;
+    while let Some(at) = rest.iter().position(|&b| b == b'%') {
+        out.extend_from_slice(&rest[..at]);
+        let escape = match rest.get(at + 1..at + 3) {
+            Some(&[h, l]) => hex(h).zip(hex(l)),
+            _ => None,
+        };
+        match escape {
+            Some((h, l)) => {
+                out.push(h << 4 | l);
+                changed = true;
+                rest = &rest[at + 3..];
+            }
+            None => {
+                out.push(b'%');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    if !changed {
+        return Cow::Borrowed(value);
+    }
+    out.extend_from_slice(rest);
+    Cow::Owned(out)
 }
 
 /// The consent a request carries: its `Cookie` header(s) and `Sec-GPC`. The proxy and
@@ -384,6 +424,34 @@ pub(crate) mod test_support {
 mod tests {
     use super::*;
     use crate::request_cookies::pairs;
+
+    #[test]
+    fn percent_decoding_matches_the_percent_encoding_crate() {
+        let edge: [&[u8]; 12] = [
+            b"",
+            b"%",
+            b"%%",
+            b"%4",
+            b"%41",
+            b"a%41b",
+            b"%zz%41",
+            b"%%41",
+            b"100%",
+            b"%7B%22a%22%3Atrue%7D",
+            b"%e2%82%ac",
+            b"plain",
+        ];
+        let inputs = edge.iter().map(|e| e.to_vec()).chain(noise());
+        for input in inputs {
+            let ours = percent_decoded(&input);
+            let theirs: Cow<'_, [u8]> = percent_encoding::percent_decode(&input).into();
+            assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(&input));
+            assert_eq!(
+                matches!(ours, Cow::Borrowed(_)),
+                matches!(theirs, Cow::Borrowed(_))
+            );
+        }
+    }
 
     /// A few hundred pseudo-random inputs for the decoders' never-panics tests: raw bytes mixed
     /// with fragments of every format, from a fixed-seed LCG so failures reproduce.
