@@ -176,7 +176,12 @@ struct RawLimits {
 struct RawProxy {
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default)]
+    workers: Option<Spanned<u32>>,
 }
+
+/// The most proxy worker threads `[proxy] workers` may ask for.
+pub const MAX_WORKERS: u32 = 1024;
 
 /// `[limits]`, with production defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,6 +307,8 @@ pub struct GatewayConfig {
     pub poll_interval: Duration,
     pub limits: Limits,
     pub trusted_proxies: Vec<Cidr>,
+    /// Proxy worker threads (`[proxy] workers`; 0 or absent: one per CPU the process may use).
+    pub workers: usize,
 }
 
 /// Parses a duration such as `10s`, `500ms`, `1m30s` or `2h`.
@@ -493,6 +500,17 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
             Err(e) => errors.push(src.error(v.span(), format!("proxy.trusted_proxies[{i}]: {e}"))),
         }
     }
+    let workers = match &raw.proxy.workers {
+        Some(w) if *w.get_ref() > MAX_WORKERS => {
+            errors.push(src.error(
+                w.span(),
+                format!("proxy.workers: at most {MAX_WORKERS} (0 means one per CPU)"),
+            ));
+            0
+        }
+        Some(w) if *w.get_ref() > 0 => *w.get_ref() as usize,
+        _ => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+    };
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -507,6 +525,7 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         poll_interval,
         limits,
         trusted_proxies,
+        workers,
     })
 }
 
@@ -1445,6 +1464,14 @@ mod tests {
             (
                 "[listen]\nhttp = \"127.0.0.1:1\"\n[proxy]\ntrusted_proxies = [\"10/8\"]\n",
                 "config/gateway.toml:4:20: proxy.trusted_proxies[0]:",
+            ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[proxy]\nworkers = 5000\n",
+                "config/gateway.toml:4:11: proxy.workers: at most 1024",
+            ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[proxy]\nworkers = -1\n",
+                "config/gateway.toml:4:11:",
             ),
             (
                 "[listen]\nhttp = \"127.0.0.1:1\"\nextra = 1\n",

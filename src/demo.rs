@@ -387,6 +387,7 @@ pub async fn start(port: u16) -> Result<Demo, crate::gateway::StartError> {
         poll_interval: crate::config::DEFAULT_POLL_INTERVAL,
         limits: Limits::default(),
         trusted_proxies: Vec::new(),
+        workers: 1,
     };
     let gateway = match Gateway::start(&config, registry.clone()).await {
         Ok(g) => g,

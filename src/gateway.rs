@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
@@ -40,16 +40,157 @@ pub struct Gateway {
     ready: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     admin_shutdown: watch::Sender<bool>,
-    proxy_tasks: Vec<JoinHandle<usize>>,
+    /// The proxy worker threads.
+    workers: Vec<Worker>,
     admin_task: Option<JoinHandle<usize>>,
     /// Registry and certs watcher; `None` when the config asks for no watching.
     _watcher: Option<WatcherHandle>,
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
+/// Pending connections the kernel queues for a listener (`listen(2)` backlog; nginx uses 511,
+/// the Linux default cap `net.core.somaxconn` is 4096). tokio's default is 128.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a listening socket with `SO_REUSEADDR` (a restart does not wait for old connections in
+/// TIME_WAIT; it does not let two processes listen on one port) and a backlog of
+/// [`LISTEN_BACKLOG`]. Returned as a std listener, not yet registered with any runtime, so that
+/// each worker can register its own copy.
+fn bind(addr: SocketAddr, what: &str) -> std::io::Result<std::net::TcpListener> {
+    let err = |e: std::io::Error| {
         std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}"))
-    })
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(err)?
+        .into_std()
+        .map_err(err)
+}
+
+/// A proxy listener as one worker serves it.
+struct ProxyListener {
+    listener: std::net::TcpListener,
+    /// `http` or `https`.
+    scheme: &'static str,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// What every worker shares (or, for the upstream pools, has its own copy of).
+struct WorkerShared {
+    live: Arc<Live>,
+    upstreams: Upstreams,
+    metrics: Arc<Metrics>,
+    limits: crate::config::Limits,
+    trusted_proxies: Vec<crate::config::Cidr>,
+    permits: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// One proxy worker: a thread running a single-threaded runtime that accepts on its own copy of
+/// every proxy listener (the kernel hands each new connection to one of the workers waiting) and
+/// serves its connections start to end, with its own upstream connection pools. A request never
+/// changes threads, so no lock or wake-up crosses cores on the hot path (the model of nginx's
+/// worker processes).
+struct Worker {
+    done: tokio::sync::oneshot::Receiver<usize>,
+    /// One per listener: fires (with its connections left to drain) once it is closed.
+    closed: Vec<tokio::sync::oneshot::Receiver<usize>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Worker {
+    fn spawn(
+        n: usize,
+        listeners: Vec<ProxyListener>,
+        shared: WorkerShared,
+    ) -> std::io::Result<Worker> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, done) = tokio::sync::oneshot::channel();
+        let (notices, closed): (Vec<_>, Vec<_>) = listeners
+            .iter()
+            .map(|_| tokio::sync::oneshot::channel())
+            .unzip();
+        // The worker logs where its starter logs (the global subscriber, or a scoped one).
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let thread = std::thread::Builder::new()
+            .name(format!("proxy-{n}"))
+            .spawn(move || {
+                let cut = tracing::dispatcher::with_default(&dispatch, || {
+                    rt.block_on(Worker::run(listeners, notices, shared))
+                });
+                let _ = tx.send(cut);
+            })?;
+        Ok(Worker {
+            done,
+            closed,
+            thread,
+        })
+    }
+
+    /// Serves every listener until the shutdown; returns how many connections were cut.
+    async fn run(
+        listeners: Vec<ProxyListener>,
+        notices: Vec<tokio::sync::oneshot::Sender<usize>>,
+        shared: WorkerShared,
+    ) -> usize {
+        let upstreams = Arc::new(shared.upstreams);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (l, notice) in listeners.into_iter().zip(notices) {
+            let listener = match TcpListener::from_std(l.listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "proxy worker cannot register its listener");
+                    continue;
+                }
+            };
+            let proxy = Arc::new(Proxy::new(
+                Arc::clone(&shared.live),
+                Arc::clone(&upstreams),
+                Arc::clone(&shared.metrics),
+                shared.limits.clone(),
+                shared.trusted_proxies.clone(),
+                l.scheme,
+            ));
+            // Boxed per request: hyper keeps one slot the size of this future for every open
+            // connection, idle keep-alive ones included; a pointer there instead of the whole
+            // request state (~2 KiB) saves that much per idle connection.
+            let handler = move |req, peer| Box::pin(Arc::clone(&proxy).handle(req, peer));
+            tasks.spawn(crate::server::serve_with(
+                listener,
+                handler,
+                shared.limits.clone(),
+                Some(Arc::clone(&shared.metrics)),
+                shared.shutdown.clone(),
+                l.acceptor,
+                crate::server::ListenerHooks {
+                    permits: Arc::clone(&shared.permits),
+                    closed: Some(notice),
+                },
+            ));
+        }
+        let mut cut = 0;
+        while let Some(r) = tasks.join_next().await {
+            cut += r.unwrap_or(0);
+        }
+        cut
+    }
+
+    /// Waits for the worker's drain to end and its thread to exit.
+    async fn wait(self) -> usize {
+        let cut = self.done.await.unwrap_or(0);
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        cut
+    }
 }
 
 impl Gateway {
@@ -75,18 +216,17 @@ impl Gateway {
             Arc::clone(&metrics),
             certs.clone(),
         ));
-        let upstreams = Arc::new(Upstreams::new(config.limits.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (admin_shutdown, admin_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
 
-        let mut proxy_tasks = Vec::new();
-        let listeners = [
+        let mut listeners = Vec::new();
+        let mut bound = [None, None];
+        let wanted = [
             (config.listen_http, "listen.http", "http"),
             (config.listen_https, "listen.https", "https"),
         ];
-        let mut bound = [None, None];
-        for (i, (addr, what, scheme)) in listeners.into_iter().enumerate() {
+        for (i, (addr, what, scheme)) in wanted.into_iter().enumerate() {
             let Some(addr) = addr else { continue };
             let acceptor = match (scheme, &certs) {
                 ("https", Some(store)) => {
@@ -97,33 +237,45 @@ impl Gateway {
                 ("https", None) => continue,
                 _ => None,
             };
-            let listener = bind(addr, what).await?;
+            let listener = bind(addr, what)?;
             bound[i] = Some(listener.local_addr()?);
-            let proxy = Arc::new(Proxy::new(
-                Arc::clone(&live),
-                Arc::clone(&upstreams),
-                Arc::clone(&metrics),
-                config.limits.clone(),
-                config.trusted_proxies.clone(),
-                scheme,
-            ));
-            // Boxed per request: hyper keeps one slot the size of this future for every open
-            // connection, idle keep-alive ones included; a pointer there instead of the whole
-            // request state (~2 KiB) saves that much per idle connection.
-            let handler = move |req, peer| Box::pin(Arc::clone(&proxy).handle(req, peer));
-            proxy_tasks.push(tokio::spawn(crate::server::serve(
+            listeners.push(ProxyListener {
                 listener,
-                handler,
-                config.limits.clone(),
-                Some(Arc::clone(&metrics)),
-                shutdown_rx.clone(),
+                scheme,
                 acceptor,
-            )));
+            });
         }
+        // One connection budget for every listener and worker.
+        let permits = Arc::new(Semaphore::new(config.limits.max_connections));
+        let upstreams = Upstreams::new(config.limits.clone());
+        let mut workers = Vec::new();
+        if !listeners.is_empty() {
+            for n in 0..config.workers.max(1) {
+                let mut mine = Vec::with_capacity(listeners.len());
+                for l in &listeners {
+                    mine.push(ProxyListener {
+                        listener: l.listener.try_clone()?,
+                        scheme: l.scheme,
+                        acceptor: l.acceptor.clone(),
+                    });
+                }
+                let shared = WorkerShared {
+                    live: Arc::clone(&live),
+                    upstreams: upstreams.sibling(),
+                    metrics: Arc::clone(&metrics),
+                    limits: config.limits.clone(),
+                    trusted_proxies: config.trusted_proxies.clone(),
+                    permits: Arc::clone(&permits),
+                    shutdown: shutdown_rx.clone(),
+                };
+                workers.push(Worker::spawn(n, mine, shared)?);
+            }
+        }
+        drop(listeners);
         let mut admin_task = None;
         let mut admin_addr = None;
         if let Some(addr) = config.admin {
-            let listener = bind(addr, "admin.listen").await?;
+            let listener = TcpListener::from_std(bind(addr, "admin.listen")?)?;
             admin_addr = Some(listener.local_addr()?);
             let state = Arc::new(AdminState {
                 live: Arc::clone(&live),
@@ -163,7 +315,7 @@ impl Gateway {
             ready,
             shutdown,
             admin_shutdown,
-            proxy_tasks,
+            workers,
             admin_task,
             _watcher: watcher,
         })
@@ -190,12 +342,25 @@ impl Gateway {
         let _ = self.shutdown.send(true);
     }
 
+    /// Waits until every worker has closed its copy of every proxy listener (from then on new
+    /// connections are refused) and returns how many connections are left to drain. Call after
+    /// [`Gateway::begin_shutdown`].
+    pub async fn listeners_closed(&mut self) -> usize {
+        let mut open = 0;
+        for w in &mut self.workers {
+            for c in w.closed.drain(..) {
+                open += c.await.unwrap_or(0);
+            }
+        }
+        open
+    }
+
     /// Waits for the drain to end, then stops the admin listener. Returns how many connections
     /// were cut at the end of the grace period.
     pub async fn wait(mut self) -> usize {
         let mut cut = 0;
-        for t in self.proxy_tasks.drain(..) {
-            cut += t.await.unwrap_or(0);
+        for w in self.workers.drain(..) {
+            cut += w.wait().await;
         }
         let _ = self.admin_shutdown.send(true);
         if let Some(t) = self.admin_task.take() {

@@ -121,8 +121,10 @@ fn init_logging(format: Option<LogFormat>) {
     }
 }
 
+/// The control runtime: signals, the admin endpoint, reloads. The proxy itself runs on its own
+/// worker threads (`[proxy] workers`), each with a runtime of its own.
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -152,7 +154,7 @@ async fn run(path: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let gateway = match Gateway::start(&cfg, registry).await {
+    let mut gateway = match Gateway::start(&cfg, registry).await {
         Ok(g) => g,
         Err(e) => {
             tracing::error!("{e}");
@@ -170,6 +172,8 @@ async fn run(path: &Path) -> ExitCode {
     signals.serve(&gateway).await;
     gateway.begin_shutdown();
     tracing::info!(grace = ?cfg.limits.shutdown_grace, "shutting down: readiness off, draining");
+    let open = gateway.listeners_closed().await;
+    tracing::info!(connections = open, grace = ?cfg.limits.shutdown_grace, "listener closed, draining connections");
     let cut = gateway.wait().await;
     tracing::info!(cut, "stopped");
     ExitCode::SUCCESS

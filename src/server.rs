@@ -63,14 +63,44 @@ pub async fn serve<H, F>(
     handler: H,
     limits: Limits,
     metrics: Option<Arc<Metrics>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     tls: Option<TlsAcceptor>,
 ) -> usize
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let hooks = ListenerHooks {
+        permits: Arc::new(Semaphore::new(limits.max_connections)),
+        closed: None,
+    };
+    serve_with(listener, handler, limits, metrics, shutdown, tls, hooks).await
+}
+
+/// What a listener shares with the other listeners of a gateway.
+pub struct ListenerHooks {
+    /// `max_connections`, counted over every listener (and worker) holding this semaphore.
+    pub permits: Arc<Semaphore>,
+    /// Told, with the number of connections left to drain, once the listener is closed. Without
+    /// it, [`serve_with`] logs the close itself.
+    pub closed: Option<tokio::sync::oneshot::Sender<usize>>,
+}
+
+/// [`serve`], with the connection budget and the close notice of `hooks`.
+pub async fn serve_with<H, F>(
+    listener: TcpListener,
+    handler: H,
+    limits: Limits,
+    metrics: Option<Arc<Metrics>>,
+    mut shutdown: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
+    hooks: ListenerHooks,
+) -> usize
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let permits = hooks.permits;
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let mut h1 = http1::Builder::new();
@@ -143,7 +173,15 @@ where
     drop(listener);
     let _ = drain_tx.send(true);
     let open = conns.len();
-    tracing::info!(connections = open, grace = ?limits.shutdown_grace, "listener closed, draining connections");
+    match hooks.closed {
+        Some(tx) => {
+            tracing::debug!(connections = open, "listener closed, draining connections");
+            let _ = tx.send(open);
+        }
+        None => {
+            tracing::info!(connections = open, grace = ?limits.shutdown_grace, "listener closed, draining connections");
+        }
+    }
     let deadline = tokio::time::sleep(limits.shutdown_grace);
     tokio::pin!(deadline);
     loop {

@@ -501,6 +501,17 @@ impl Upstreams {
         }
     }
 
+    /// Clients of their own (their own connection pools) with the same limits and trusted roots:
+    /// one per proxy worker, so that a pooled connection stays on the thread that uses it.
+    pub fn sibling(&self) -> Upstreams {
+        Upstreams {
+            limits: self.limits.clone(),
+            platform_roots: Arc::clone(&self.platform_roots),
+            clients: Mutex::new(HashMap::new()),
+            plain: std::sync::OnceLock::new(),
+        }
+    }
+
     /// The client for a host's upstream.
     pub fn client_for(&self, policy: &HostPolicy) -> Result<Arc<UpstreamClient>, UpstreamTlsError> {
         if !policy.upstream.is_tls() {

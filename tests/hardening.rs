@@ -611,17 +611,59 @@ async fn an_idle_keep_alive_connection_is_closed_after_header_read_timeout() {
     );
 }
 
+/// Sends one keep-alive request on `s` and reads its whole response (the recording origin's
+/// responses carry a `Content-Length`).
+async fn one_exchange(s: &mut TcpStream, path: &str) -> Vec<u8> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: portal.test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(r) = parse_response(&buf) {
+            let want = r
+                .get("content-length")
+                .and_then(|v| v.parse::<usize>().ok());
+            if want == Some(r.body.len()) {
+                return buf;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before a whole response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 #[tokio::test]
 async fn connections_over_max_connections_get_503_and_the_others_are_served() {
-    let (_gw, addr, rec) = portal_gateway("[limits]\nmax_connections = 2\n").await;
-    // Accepted in connect order: these two hold the two permits.
+    // Four workers, one budget: the limit counts connections over all of them.
+    let (up, rec) = recording_origin().await;
+    let gw = gateway_with_workers(
+        "[limits]\nmax_connections = 2\n",
+        &[("portal.toml", portal_toml(up, ""))],
+        Some(4),
+    )
+    .await;
+    let addr = gw.http_addr.unwrap();
+    // Served once each, so both surely hold a permit.
     let mut first = TcpStream::connect(addr).await.unwrap();
-    let _second = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        statuses(&one_exchange(&mut first, "/first-a").await),
+        vec![200]
+    );
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        statuses(&one_exchange(&mut second, "/second-a").await),
+        vec![200]
+    );
     let wire = exchange(addr, b"GET /third HTTP/1.1\r\nHost: portal.test\r\n\r\n").await;
     let r = parse_response(&wire).unwrap();
     assert_eq!(r.status, 503);
     assert_eq!(r.body, b"503 service unavailable\n");
-    // The connections within the limit are served.
+    // The connections within the limit are still served.
     first
         .write_all(b"GET /first HTTP/1.1\r\nHost: portal.test\r\nConnection: close\r\n\r\n")
         .await
@@ -631,7 +673,28 @@ async fn connections_over_max_connections_get_503_and_the_others_are_served() {
         .await
         .unwrap();
     assert_eq!(statuses(&buf), vec![200]);
-    assert_eq!(rec.paths(), ["/first"]);
+    assert_eq!(rec.paths(), ["/first-a", "/second-a", "/first"]);
+    // A closed connection gives its permit back: a new one is served.
+    drop(first);
+    let mut fourth = None;
+    for _ in 0..50 {
+        let wire = exchange(
+            addr,
+            b"GET /fourth HTTP/1.1\r\nHost: portal.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if statuses(&wire) == vec![200] {
+            fourth = Some(wire);
+            break;
+        }
+        // The worker that served `first` may not have seen its close yet.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        fourth.is_some(),
+        "a permit came back after a connection closed"
+    );
+    drop(second);
 }
 
 #[tokio::test]
@@ -785,12 +848,15 @@ async fn broken_origin_gateway(
 ) {
     let (bad, heads) = scripted_origin(response.to_vec(), after).await;
     let (good, rec) = recording_origin().await;
-    let gw = gateway(
+    // One worker, one upstream pool: the tests count what reaches the origin over pooled
+    // connections.
+    let gw = gateway_with_workers(
         limits,
         &[
             ("portal.toml", portal_toml(bad, "")),
             ("ok.toml", ok_toml(good)),
         ],
+        Some(1),
     )
     .await;
     let addr = gw.http_addr.unwrap();

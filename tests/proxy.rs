@@ -512,7 +512,7 @@ async fn admin_health_registry_and_unknown_paths() {
 #[tokio::test]
 async fn shutdown_finishes_in_flight_request_and_turns_readiness_off() {
     let (up, mut arrived, release) = gated_origin(&["sessionid=1", "_ga=1"], "done").await;
-    let gw = gateway(
+    let mut gw = gateway(
         "[limits]\nshutdown_grace = \"10s\"\n",
         &[("p.toml", portal_toml(up, ""))],
     )
@@ -528,17 +528,16 @@ async fn shutdown_finishes_in_flight_request_and_turns_readiness_off() {
     gw.begin_shutdown();
     let ready = get(admin_addr, "admin", "/readyz", "").await;
     assert_eq!(ready.status, 503, "readiness turns off while draining");
-    // New connections are refused once the serve task has closed the listener (bounded poll).
-    let mut refused = false;
-    for _ in 0..200 {
-        if TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(refused, "listener still accepting while draining");
+    // Once every worker has closed the listener, new connections are refused.
+    assert_eq!(
+        gw.listeners_closed().await,
+        1,
+        "one connection left to drain"
+    );
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "listener still accepting while draining"
+    );
     release.send(true).unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();

@@ -146,10 +146,26 @@ category = "marketing"
 
 /// Starts the gateway in process on 127.0.0.1:0 (proxy and admin) with `[limits]`/`[proxy]`
 /// text `extra` and the given registry files.
+///
+/// The number of proxy workers is the config's default (one per CPU), so tests run the real
+/// multi-threaded path; [`gateway_with_workers`] fixes it for tests that count pooled upstream
+/// connections (each worker has its own pool).
 pub async fn gateway(extra: &str, files: &[(&str, String)]) -> Gateway {
+    gateway_with_workers(extra, files, None).await
+}
+
+/// [`gateway`] with `workers` proxy workers.
+pub async fn gateway_with_workers(
+    extra: &str,
+    files: &[(&str, String)],
+    workers: Option<usize>,
+) -> Gateway {
     let text =
         format!("[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}");
     let mut cfg = parse_gateway(Path::new("test/gateway.toml"), &text).unwrap();
+    if let Some(n) = workers {
+        cfg.workers = n;
+    }
     // The registry lives in memory here: nothing to watch.
     cfg.watch = false;
     let files: Vec<_> = files
