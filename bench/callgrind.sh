@@ -25,8 +25,9 @@ run() { # requests -> total Ir
     sleep 0.2
   done
   h2load --h1 -n "$n" -c 16 -H "Cookie: $COOKIE" http://127.0.0.1:18090/ > "$OUT/h2load.$n" 2>&1
-  grep -q " $n succeeded, 0 failed, 0 errored" "$OUT/h2load.$n" || { cat "$OUT/h2load.$n" >&2; exit 1; }
   kill -TERM "$pid"; wait "$pid" || true
+  grep -q " $n succeeded, 0 failed, 0 errored" "$OUT/h2load.$n" || { cat "$OUT/h2load.$n" >&2; exit 1; }
+  grep -q '^status codes: '"$n"' 2xx' "$OUT/h2load.$n" || { cat "$OUT/h2load.$n" >&2; exit 1; }
   awk '/^summary:/ {print $2}' "$OUT/cg.$n"
 }
 a=$(run "$N"); b=$(run $((2 * N)))
