@@ -186,3 +186,136 @@ impl Metrics {
         out
     }
 }
+
+/// The counters one proxy worker bumps on every request, kept by host so that a request finds
+/// them without building a label set: `Family::get_or_create` allocates the label strings and
+/// hashes them with SipHash under the family's lock, three times per request. Each worker has its
+/// own cache, so its lock is never contended. Bounded like the labels: registry names, status
+/// codes, categories.
+#[derive(Default)]
+pub struct CounterCache {
+    hosts: std::sync::Mutex<foldhash::HashMap<String, HostCounters>>,
+}
+
+#[derive(Default)]
+struct HostCounters {
+    codes: Vec<(u16, Counter)>,
+    cookies: Vec<((String, &'static str), Counter)>,
+    actions: Vec<(&'static str, Counter)>,
+}
+
+impl CounterCache {
+    fn with_host(&self, host: &str, f: impl FnOnce(&mut HostCounters)) {
+        let mut hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !hosts.contains_key(host) {
+            hosts.insert(host.to_owned(), HostCounters::default());
+        }
+        if let Some(h) = hosts.get_mut(host) {
+            f(h);
+        }
+    }
+
+    /// `consent_gateway_requests_total{host,code}` += 1.
+    pub fn request(&self, m: &Metrics, host: &str, code: u16) {
+        self.with_host(host, |h| {
+            if let Some((_, c)) = h.codes.iter().find(|(k, _)| *k == code) {
+                c.inc();
+                return;
+            }
+            let c = m
+                .requests
+                .get_or_create(&HostCode {
+                    host: host.to_owned(),
+                    code,
+                })
+                .clone();
+            c.inc();
+            h.codes.push((code, c));
+        });
+    }
+
+    /// `consent_gateway_set_cookie_total{host,category,verdict}` += `n`.
+    pub fn set_cookie(
+        &self,
+        m: &Metrics,
+        host: &str,
+        category: &str,
+        verdict: &'static str,
+        n: u64,
+    ) {
+        self.with_host(host, |h| {
+            if let Some((_, c)) = h
+                .cookies
+                .iter()
+                .find(|((cat, v), _)| cat == category && *v == verdict)
+            {
+                c.inc_by(n);
+                return;
+            }
+            let c = m
+                .set_cookie
+                .get_or_create(&CookieLabels {
+                    host: host.to_owned(),
+                    category: category.to_owned(),
+                    verdict,
+                })
+                .clone();
+            c.inc_by(n);
+            h.cookies.push(((category.to_owned(), verdict), c));
+        });
+    }
+
+    /// `consent_gateway_request_cookies_total{host,action}` += `n`.
+    pub fn request_cookies(&self, m: &Metrics, host: &str, action: &'static str, n: u64) {
+        self.with_host(host, |h| {
+            if let Some((_, c)) = h.actions.iter().find(|(a, _)| *a == action) {
+                c.inc_by(n);
+                return;
+            }
+            let c = m
+                .request_cookies
+                .get_or_create(&HostAction {
+                    host: host.to_owned(),
+                    action,
+                })
+                .clone();
+            c.inc_by(n);
+            h.actions.push((action, c));
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_counts_into_the_families() {
+        let m = Metrics::new();
+        let a = CounterCache::default();
+        let b = CounterCache::default();
+        a.request(&m, "portal.test", 200);
+        a.request(&m, "portal.test", 200);
+        b.request(&m, "portal.test", 200);
+        a.request(&m, "portal.test", 502);
+        a.request(&m, "unknown", 421);
+        a.set_cookie(&m, "portal.test", "marketing", "dropped", 3);
+        b.set_cookie(&m, "portal.test", "marketing", "dropped", 1);
+        a.set_cookie(&m, "portal.test", "marketing", "kept", 2);
+        a.request_cookies(&m, "portal.test", "purged", 4);
+        let text = m.encode();
+        for line in [
+            r#"consent_gateway_requests_total{host="portal.test",code="200"} 3"#,
+            r#"consent_gateway_requests_total{host="portal.test",code="502"} 1"#,
+            r#"consent_gateway_requests_total{host="unknown",code="421"} 1"#,
+            r#"consent_gateway_set_cookie_total{host="portal.test",category="marketing",verdict="dropped"} 4"#,
+            r#"consent_gateway_set_cookie_total{host="portal.test",category="marketing",verdict="kept"} 2"#,
+            r#"consent_gateway_request_cookies_total{host="portal.test",action="purged"} 4"#,
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+    }
+}
