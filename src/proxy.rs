@@ -433,7 +433,19 @@ fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Removes hop-by-hop headers: those `Connection` names, the fixed list, and `TE` unless it is
 /// `trailers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    // Most messages carry none of these but `Connection`: one pass over the names (standard
+    // names compare as small integers) instead of a hash lookup per name.
+    let (mut connection, mut fixed, mut has_te) = (false, false, false);
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::TE {
+            has_te = true;
+        } else if HOP_BY_HOP.contains(name) {
+            fixed = true;
+        }
+    }
+    if connection {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -444,10 +456,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if connection || fixed {
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
     }
-    if let Some(te) = headers.get(header::TE) {
+    if let Some(te) = headers.get(header::TE).filter(|_| has_te) {
         let trailers = te.as_bytes().split(|&b| b == b',').any(|t| {
             t.split(|&b| b == b';')
                 .next()
@@ -538,6 +552,22 @@ mod tests {
         let mut h = map(&[("te", "trailers, deflate;q=0.5")]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h.get("te").unwrap(), "trailers");
+        let mut h = map(&[("te", "gzip"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("te").is_none());
+        // Named by Connection: removed even when it says trailers.
+        let mut h = map(&[("connection", "te"), ("te", "trailers")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        // Only one of the fixed list, without Connection.
+        let mut h = map(&[("keep-alive", "timeout=5"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        // Nothing to remove: nothing changes.
+        let mut h = map(&[("accept", "*/*"), ("cookie", "a=1"), ("cookie", "b=2")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]
