@@ -178,6 +178,8 @@ struct RawProxy {
     trusted_proxies: Vec<Spanned<String>>,
     #[serde(default)]
     workers: Option<Spanned<u32>>,
+    #[serde(default)]
+    reuse_port: Option<bool>,
 }
 
 /// The most proxy worker threads `[proxy] workers` may ask for.
@@ -309,6 +311,9 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// Proxy worker threads (`[proxy] workers`; 0 or absent: one per CPU the process may use).
     pub workers: usize,
+    /// `[proxy] reuse_port` (default true): with several workers, one listening socket per worker
+    /// (`SO_REUSEPORT`) instead of one shared socket.
+    pub reuse_port: bool,
 }
 
 /// Parses a duration such as `10s`, `500ms`, `1m30s` or `2h`.
@@ -526,6 +531,7 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         limits,
         trusted_proxies,
         workers,
+        reuse_port: raw.proxy.reuse_port.unwrap_or(true),
     })
 }
 

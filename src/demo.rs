@@ -388,6 +388,7 @@ pub async fn start(port: u16) -> Result<Demo, crate::gateway::StartError> {
         limits: Limits::default(),
         trusted_proxies: Vec::new(),
         workers: 1,
+        reuse_port: false,
     };
     let gateway = match Gateway::start(&config, registry.clone()).await {
         Ok(g) => g,

@@ -55,7 +55,10 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// TIME_WAIT; it does not let two processes listen on one port) and a backlog of
 /// [`LISTEN_BACKLOG`]. Returned as a std listener, not yet registered with any runtime, so that
 /// each worker can register its own copy.
-fn bind(addr: SocketAddr, what: &str) -> std::io::Result<std::net::TcpListener> {
+///
+/// With `reuse_port`, `SO_REUSEPORT` too: several sockets of this process listen on the address,
+/// one per worker, and the kernel spreads new connections over them by a hash of their addresses.
+fn bind(addr: SocketAddr, what: &str, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     let err = |e: std::io::Error| {
         std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}"))
     };
@@ -66,6 +69,9 @@ fn bind(addr: SocketAddr, what: &str) -> std::io::Result<std::net::TcpListener> 
     }
     .map_err(err)?;
     socket.set_reuseaddr(true).map_err(err)?;
+    if reuse_port {
+        socket.set_reuseport(true).map_err(err)?;
+    }
     socket.bind(addr).map_err(err)?;
     socket
         .listen(LISTEN_BACKLOG)
@@ -77,6 +83,8 @@ fn bind(addr: SocketAddr, what: &str) -> std::io::Result<std::net::TcpListener> 
 /// A proxy listener as one worker serves it.
 struct ProxyListener {
     listener: std::net::TcpListener,
+    /// The config field that names it, for errors.
+    what: &'static str,
     /// `http` or `https`.
     scheme: &'static str,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
@@ -220,6 +228,9 @@ impl Gateway {
         let (admin_shutdown, admin_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
 
+        // With several workers and `reuse_port`, each worker gets a socket of its own on the
+        // address (the kernel spreads new connections over them); otherwise they share one.
+        let reuse_port = config.reuse_port && config.workers > 1;
         let mut listeners = Vec::new();
         let mut bound = [None, None];
         let wanted = [
@@ -237,10 +248,11 @@ impl Gateway {
                 ("https", None) => continue,
                 _ => None,
             };
-            let listener = bind(addr, what)?;
+            let listener = bind(addr, what, reuse_port)?;
             bound[i] = Some(listener.local_addr()?);
             listeners.push(ProxyListener {
                 listener,
+                what,
                 scheme,
                 acceptor,
             });
@@ -253,8 +265,14 @@ impl Gateway {
             for n in 0..config.workers.max(1) {
                 let mut mine = Vec::with_capacity(listeners.len());
                 for l in &listeners {
+                    let listener = if reuse_port && n > 0 {
+                        bind(l.listener.local_addr()?, l.what, true)?
+                    } else {
+                        l.listener.try_clone()?
+                    };
                     mine.push(ProxyListener {
-                        listener: l.listener.try_clone()?,
+                        listener,
+                        what: l.what,
                         scheme: l.scheme,
                         acceptor: l.acceptor.clone(),
                     });
@@ -275,7 +293,7 @@ impl Gateway {
         let mut admin_task = None;
         let mut admin_addr = None;
         if let Some(addr) = config.admin {
-            let listener = TcpListener::from_std(bind(addr, "admin.listen")?)?;
+            let listener = TcpListener::from_std(bind(addr, "admin.listen", false)?)?;
             admin_addr = Some(listener.local_addr()?);
             let state = Arc::new(AdminState {
                 live: Arc::clone(&live),
