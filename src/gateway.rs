@@ -99,6 +99,8 @@ struct WorkerShared {
     trusted_proxies: Vec<crate::config::Cidr>,
     permits: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
+    /// The worker's number, from 0 (its thread is `proxy-<n>`).
+    n: u32,
 }
 
 /// One proxy worker: a thread running a single-threaded runtime that accepts on its own copy of
@@ -151,6 +153,11 @@ impl Worker {
         shared: WorkerShared,
     ) -> usize {
         let upstreams = Arc::new(shared.upstreams);
+        let worker_gauge = shared
+            .metrics
+            .worker_connections_open
+            .get_or_create(&crate::metrics::WorkerLabel { worker: shared.n })
+            .clone();
         let mut tasks = tokio::task::JoinSet::new();
         for (l, notice) in listeners.into_iter().zip(notices) {
             let listener = match TcpListener::from_std(l.listener) {
@@ -182,6 +189,7 @@ impl Worker {
                 crate::server::ListenerHooks {
                     permits: Arc::clone(&shared.permits),
                     closed: Some(notice),
+                    worker_gauge: Some(worker_gauge.clone()),
                 },
             ));
         }
@@ -285,6 +293,7 @@ impl Gateway {
                     trusted_proxies: config.trusted_proxies.clone(),
                     permits: Arc::clone(&permits),
                     shutdown: shutdown_rx.clone(),
+                    n: u32::try_from(n).unwrap_or(u32::MAX),
                 };
                 workers.push(Worker::spawn(n, mine, shared)?);
             }

@@ -9,6 +9,11 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HostCode {
     pub host: String,
     pub code: u16,
@@ -64,6 +69,9 @@ pub struct Metrics {
     pub upstream_errors: Family<HostKind, Counter>,
     /// `consent_gateway_connections_open`
     pub connections_open: Gauge,
+    /// `consent_gateway_worker_connections_open{worker}`: the same, by proxy worker, so that an
+    /// uneven split of connections between workers shows.
+    pub worker_connections_open: Family<WorkerLabel, Gauge>,
     /// `consent_gateway_connections_refused_total`: over `max_connections`.
     pub connections_refused: Counter,
     /// `consent_gateway_tls_cert_not_after{host}`: seconds since the epoch; `host` is the
@@ -138,6 +146,12 @@ impl Metrics {
             "Client connections open",
             connections_open.clone(),
         );
+        let worker_connections_open = Family::<WorkerLabel, Gauge>::default();
+        registry.register(
+            "worker_connections_open",
+            "Client connections open, by proxy worker",
+            worker_connections_open.clone(),
+        );
         let connections_refused = Counter::default();
         registry.register(
             "connections_refused",
@@ -162,6 +176,7 @@ impl Metrics {
             generation,
             upstream_errors,
             connections_open,
+            worker_connections_open,
             connections_refused,
         }
     }

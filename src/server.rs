@@ -43,6 +43,7 @@ use crate::body::{IdleIo, ProxyBody};
 use crate::config::Limits;
 use crate::hardening::{HeadCheck, HeadChecks};
 use crate::metrics::{HostCode, Metrics};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Requests served on one HTTP/1 connection before the gateway asks the client to reconnect.
 pub const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
@@ -73,6 +74,7 @@ where
     let hooks = ListenerHooks {
         permits: Arc::new(Semaphore::new(limits.max_connections)),
         closed: None,
+        worker_gauge: None,
     };
     serve_with(listener, handler, limits, metrics, shutdown, tls, hooks).await
 }
@@ -84,6 +86,8 @@ pub struct ListenerHooks {
     /// Told, with the number of connections left to drain, once the listener is closed. Without
     /// it, [`serve_with`] logs the close itself.
     pub closed: Option<tokio::sync::oneshot::Sender<usize>>,
+    /// The serving worker's own open-connections gauge.
+    pub worker_gauge: Option<Gauge>,
 }
 
 /// [`serve`], with the connection budget and the close notice of `hooks`.
@@ -101,6 +105,7 @@ where
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let permits = hooks.permits;
+    let worker_gauge = hooks.worker_gauge;
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let mut h1 = http1::Builder::new();
@@ -136,11 +141,12 @@ where
                 let (h1, h2, tls) = (h1.clone(), h2.clone(), tls.clone());
                 let drain = drain_rx.clone();
                 let metrics = metrics.clone();
+                let worker_gauge = worker_gauge.clone();
                 let (idle, handshake) = (limits.idle_timeout, limits.header_read_timeout);
                 let max_head = limits.max_header_bytes;
                 conns.spawn(async move {
                     let _permit = permit;
-                    let _open = metrics.as_ref().map(OpenGuard::new);
+                    let _open = metrics.as_ref().map(|m| OpenGuard::new(m, worker_gauge.as_ref()));
                     let io = IdleIo::new(stream, idle);
                     let Some(acceptor) = tls else {
                         let (io, checks) = HeadCheck::new(io, max_head);
@@ -347,18 +353,25 @@ fn refuse(stream: TcpStream, peer: SocketAddr, metrics: Option<&Metrics>) {
     let _ = stream.try_write(OVERLOADED);
 }
 
-/// Keeps `consent_gateway_connections_open` right, however the connection task ends.
-struct OpenGuard(Arc<Metrics>);
+/// Keeps `consent_gateway_connections_open` (and the worker's own gauge) right, however the
+/// connection task ends.
+struct OpenGuard(Arc<Metrics>, Option<Gauge>);
 
 impl OpenGuard {
-    fn new(m: &Arc<Metrics>) -> Self {
+    fn new(m: &Arc<Metrics>, worker: Option<&Gauge>) -> Self {
         m.connections_open.inc();
-        OpenGuard(Arc::clone(m))
+        if let Some(w) = worker {
+            w.inc();
+        }
+        OpenGuard(Arc::clone(m), worker.cloned())
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.connections_open.dec();
+        if let Some(w) = &self.1 {
+            w.dec();
+        }
     }
 }

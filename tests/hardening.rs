@@ -663,6 +663,21 @@ async fn connections_over_max_connections_get_503_and_the_others_are_served() {
     let r = parse_response(&wire).unwrap();
     assert_eq!(r.status, 503);
     assert_eq!(r.body, b"503 service unavailable\n");
+    // The two open connections are counted once in total and once by the worker serving each.
+    let text = String::from_utf8(admin(&gw, "/metrics").await.body).unwrap();
+    let by_worker: Vec<i64> = (0..4)
+        .map(|w| {
+            let key = format!("consent_gateway_worker_connections_open{{worker=\"{w}\"}} ");
+            let line = text.lines().find(|l| l.starts_with(&key));
+            line.and_then(|l| l[key.len()..].trim().parse().ok())
+                .unwrap_or_else(|| panic!("no gauge for worker {w}:\n{text}"))
+        })
+        .collect();
+    assert_eq!(by_worker.iter().sum::<i64>(), 2, "{by_worker:?}");
+    assert!(
+        text.contains("consent_gateway_connections_open 2\n"),
+        "{text}"
+    );
     // The connections within the limit are still served.
     first
         .write_all(b"GET /first HTTP/1.1\r\nHost: portal.test\r\nConnection: close\r\n\r\n")
