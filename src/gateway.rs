@@ -103,9 +103,9 @@ struct WorkerShared {
     n: u32,
 }
 
-/// One proxy worker: a thread running a single-threaded runtime that accepts on its own copy of
-/// every proxy listener (the kernel hands each new connection to one of the workers waiting) and
-/// serves its connections start to end, with its own upstream connection pools. A request never
+/// One proxy worker: a thread running a single-threaded runtime that accepts on every proxy
+/// listener (its own `SO_REUSEPORT` socket, or a copy of the one shared socket) and serves its
+/// connections start to end, with its own upstream connection pools. A request never
 /// changes threads, so no lock or wake-up crosses cores on the hot path (the model of nginx's
 /// worker processes).
 struct Worker {
@@ -116,11 +116,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(
-        n: usize,
-        listeners: Vec<ProxyListener>,
-        shared: WorkerShared,
-    ) -> std::io::Result<Worker> {
+    fn spawn(listeners: Vec<ProxyListener>, shared: WorkerShared) -> std::io::Result<Worker> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -132,7 +128,7 @@ impl Worker {
         // The worker logs where its starter logs (the global subscriber, or a scoped one).
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let thread = std::thread::Builder::new()
-            .name(format!("proxy-{n}"))
+            .name(format!("proxy-{}", shared.n))
             .spawn(move || {
                 let cut = tracing::dispatcher::with_default(&dispatch, || {
                     rt.block_on(Worker::run(listeners, notices, shared))
@@ -295,7 +291,7 @@ impl Gateway {
                     shutdown: shutdown_rx.clone(),
                     n: u32::try_from(n).unwrap_or(u32::MAX),
                 };
-                workers.push(Worker::spawn(n, mine, shared)?);
+                workers.push(Worker::spawn(mine, shared)?);
             }
         }
         drop(listeners);

@@ -493,9 +493,13 @@ impl Upstreams {
         if added == 0 {
             tracing::warn!("no platform CA certificates found: https upstreams need upstream_ca");
         }
+        Upstreams::with_roots(limits, Arc::new(roots))
+    }
+
+    fn with_roots(limits: Limits, platform_roots: Arc<rustls::RootCertStore>) -> Self {
         Upstreams {
             limits,
-            platform_roots: Arc::new(roots),
+            platform_roots,
             clients: Mutex::new(HashMap::new()),
             plain: std::sync::OnceLock::new(),
         }
@@ -504,12 +508,7 @@ impl Upstreams {
     /// Clients of their own (their own connection pools) with the same limits and trusted roots:
     /// one per proxy worker, so that a pooled connection stays on the thread that uses it.
     pub fn sibling(&self) -> Upstreams {
-        Upstreams {
-            limits: self.limits.clone(),
-            platform_roots: Arc::clone(&self.platform_roots),
-            clients: Mutex::new(HashMap::new()),
-            plain: std::sync::OnceLock::new(),
-        }
+        Upstreams::with_roots(self.limits.clone(), Arc::clone(&self.platform_roots))
     }
 
     /// The client for a host's upstream.
