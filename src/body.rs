@@ -28,6 +28,8 @@ pub struct IdleBody<B> {
     inner: B,
     timeout: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Told once the whole body has been read (see [`IdleBody::notify_end`]).
+    on_end: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl<B> IdleBody<B> {
@@ -36,6 +38,26 @@ impl<B> IdleBody<B> {
             inner,
             timeout,
             sleep: None,
+            on_end: None,
+        }
+    }
+}
+
+impl<B: Body> IdleBody<B> {
+    /// Sends on `done` once the whole body has been read (at once for an empty body). Dropped
+    /// unsent when the body is dropped before its end.
+    pub fn notify_end(mut self, done: tokio::sync::oneshot::Sender<()>) -> Self {
+        if self.inner.is_end_stream() {
+            let _ = done.send(());
+        } else {
+            self.on_end = Some(done);
+        }
+        self
+    }
+
+    fn ended(&mut self) {
+        if let Some(done) = self.on_end.take() {
+            let _ = done.send(());
         }
     }
 }
@@ -57,6 +79,9 @@ where
             Poll::Ready(frame) => {
                 if let Some(s) = this.sleep.as_mut() {
                     s.as_mut().reset(Instant::now() + this.timeout);
+                }
+                if frame.is_none() || this.inner.is_end_stream() {
+                    this.ended();
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }

@@ -204,25 +204,34 @@ impl Proxy {
             .build()
             .map_err(|_| ProxyError::BadRequest)?;
         parts.version = http::Version::HTTP_11;
-        let upstream_req =
-            Request::from_parts(parts, IdleBody::new(body, self.limits.idle_timeout));
+        // `upstream_response_timeout` bounds the wait for the response head once the request
+        // has been sent: a slow upload is bounded by `idle_timeout` between its frames instead.
+        let (sent_tx, sent) = tokio::sync::oneshot::channel();
+        let upstream_req = Request::from_parts(
+            parts,
+            IdleBody::new(body, self.limits.idle_timeout).notify_end(sent_tx),
+        );
 
         let client = self.upstreams.client_for(policy).map_err(|e| {
             tracing::error!(host = %policy.name, "cannot build the upstream client: {e}");
             ProxyError::UpstreamConnect
         })?;
-        let mut resp = match tokio::time::timeout(
-            self.limits.upstream_response_timeout,
-            client.request(upstream_req),
-        )
-        .await
-        {
-            Err(_) => return Err(ProxyError::UpstreamTimeout),
-            Ok(Err(e)) => {
-                tracing::debug!(error = ?e, "upstream request failed");
-                return Err(ProxyError::from_client(&e));
-            }
-            Ok(Ok(r)) => r,
+        let response_timeout = self.limits.upstream_response_timeout;
+        let deadline = async move {
+            // Sent, or dropped unsent (the upstream answered before reading it all, or the
+            // request is being sent without it): the wait for the response head starts now.
+            let _ = sent.await;
+            tokio::time::sleep(response_timeout).await;
+        };
+        let mut resp = tokio::select! {
+            r = client.request(upstream_req) => match r {
+                Err(e) => {
+                    tracing::debug!(error = ?e, "upstream request failed");
+                    return Err(ProxyError::from_client(&e));
+                }
+                Ok(r) => r,
+            },
+            () = deadline => return Err(ProxyError::UpstreamTimeout),
         };
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

@@ -303,6 +303,62 @@ async fn upstream_slower_than_response_timeout_is_504() {
 }
 
 #[tokio::test]
+async fn a_slow_upload_is_not_cut_by_the_response_timeout() {
+    // The origin answers once it has the whole body. The client takes ~1.6 s to send it, in
+    // pieces 400 ms apart: longer than upstream_response_timeout (1 s), but never idle for
+    // idle_timeout (2 s). The response timeout counts from the end of the upload, as the
+    // SPEC has it ("bounds the wait for the upstream's response headers").
+    let (up, _) = origin(|req| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        Response::new(full(format!("got {} bytes", body.len())))
+    })
+    .await;
+    let gw = gateway(
+        "[limits]\nupstream_response_timeout = \"1s\"\nidle_timeout = \"2s\"\n",
+        &[("p.toml", portal_toml(up, ""))],
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.http_addr.unwrap()).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: portal.test\r\nContent-Length: 20\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    for _ in 0..4 {
+        s.write_all(b"12345").await.unwrap();
+        // The pacing of the upload is what the test is about, not a wait for an event.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(start.elapsed() > Duration::from_secs(1));
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let r = parse_response(&buf).unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"got 20 bytes"[..]));
+}
+
+#[tokio::test]
+async fn an_origin_silent_after_the_upload_is_504() {
+    let (up, _) = origin(|req| async move {
+        let _ = req.into_body().collect().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Response::new(full("late"))
+    })
+    .await;
+    let gw = gateway(
+        "[limits]\nupstream_response_timeout = \"300ms\"\n",
+        &[("p.toml", portal_toml(up, ""))],
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let r = raw(
+        gw.http_addr.unwrap(),
+        b"POST /form HTTP/1.1\r\nHost: portal.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(r.status, 504);
+    assert!(start.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
 async fn upstream_reset_before_answering_is_502() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = listener.local_addr().unwrap();
