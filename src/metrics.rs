@@ -225,30 +225,28 @@ impl CounterCache {
             .hosts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !hosts.contains_key(host) {
-            hosts.insert(host.to_owned(), HostCounters::default());
-        }
         if let Some(h) = hosts.get_mut(host) {
             f(h);
+            return;
         }
+        f(hosts.entry(host.to_owned()).or_default());
     }
 
     /// `consent_gateway_requests_total{host,code}` += 1.
     pub fn request(&self, m: &Metrics, host: &str, code: u16) {
         self.with_host(host, |h| {
-            if let Some((_, c)) = h.codes.iter().find(|(k, _)| *k == code) {
-                c.inc();
-                return;
-            }
-            let c = m
-                .requests
-                .get_or_create(&HostCode {
-                    host: host.to_owned(),
-                    code,
-                })
-                .clone();
-            c.inc();
-            h.codes.push((code, c));
+            cached(
+                &mut h.codes,
+                |k| *k == code,
+                || {
+                    let labels = HostCode {
+                        host: host.to_owned(),
+                        code,
+                    };
+                    (code, m.requests.get_or_create(&labels).clone())
+                },
+            )
+            .inc();
         });
     }
 
@@ -262,45 +260,54 @@ impl CounterCache {
         n: u64,
     ) {
         self.with_host(host, |h| {
-            if let Some((_, c)) = h
-                .cookies
-                .iter()
-                .find(|((cat, v), _)| cat == category && *v == verdict)
-            {
-                c.inc_by(n);
-                return;
-            }
-            let c = m
-                .set_cookie
-                .get_or_create(&CookieLabels {
+            let is = |(cat, v): &(String, &str)| cat == category && *v == verdict;
+            cached(&mut h.cookies, is, || {
+                let labels = CookieLabels {
                     host: host.to_owned(),
                     category: category.to_owned(),
                     verdict,
-                })
-                .clone();
-            c.inc_by(n);
-            h.cookies.push(((category.to_owned(), verdict), c));
+                };
+                let c = m.set_cookie.get_or_create(&labels).clone();
+                ((category.to_owned(), verdict), c)
+            })
+            .inc_by(n);
         });
     }
 
     /// `consent_gateway_request_cookies_total{host,action}` += `n`.
     pub fn request_cookies(&self, m: &Metrics, host: &str, action: &'static str, n: u64) {
         self.with_host(host, |h| {
-            if let Some((_, c)) = h.actions.iter().find(|(a, _)| *a == action) {
-                c.inc_by(n);
-                return;
-            }
-            let c = m
-                .request_cookies
-                .get_or_create(&HostAction {
-                    host: host.to_owned(),
-                    action,
-                })
-                .clone();
-            c.inc_by(n);
-            h.actions.push((action, c));
+            cached(
+                &mut h.actions,
+                |a| *a == action,
+                || {
+                    let labels = HostAction {
+                        host: host.to_owned(),
+                        action,
+                    };
+                    (action, m.request_cookies.get_or_create(&labels).clone())
+                },
+            )
+            .inc_by(n);
         });
     }
+}
+
+/// The counter in `list` whose key `is` accepts; on first use, `make` gives its key and its
+/// handle from the metric family.
+fn cached<K>(
+    list: &mut Vec<(K, Counter)>,
+    is: impl Fn(&K) -> bool,
+    make: impl FnOnce() -> (K, Counter),
+) -> &Counter {
+    let at = match list.iter().position(|(k, _)| is(k)) {
+        Some(at) => at,
+        None => {
+            list.push(make());
+            list.len() - 1
+        }
+    };
+    &list[at].1
 }
 
 #[cfg(test)]
