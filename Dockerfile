@@ -4,7 +4,7 @@
 #   docker run --rm -p 8080:8080 consent-gateway
 #
 # The shipped config (config/ -> /etc/consent-gateway/) binds the proxy on 0.0.0.0:8080 and the
-# admin endpoint on 127.0.0.1:9090 (reachable from inside the container only; see README "Docker").
+# admin endpoint on 127.0.0.1:9090 (reachable from inside the container only; see docs/operations.md "Docker").
 
 # ---- build ------------------------------------------------------------------------------------
 FROM rust:1-bookworm AS build

@@ -1,5 +1,5 @@
 //! The cost of the consent decision on a realistic portal response: the 7 `Set-Cookie` headers of
-//! the bench upstream (`../shared/bench/upstream.conf`: 3 necessary, 3 statistical, 1 marketing)
+//! the bench upstream (`bench/upstream.conf`: 3 necessary, 3 statistical, 1 marketing)
 //! judged against a 40-entry registry (dashboard.paris's 15 entries plus 25 common trackers and
 //! platform cookies, names and prefixes).
 //!

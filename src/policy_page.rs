@@ -5,7 +5,7 @@
 //! and which serialises as the JSON answer. The admin endpoint does the content negotiation.
 //!
 //! The JSON schema is stable (`schema` is `consent-gateway/policy/v1`); fields are only ever
-//! added. It is documented in the README ("Published cookie policy").
+//! added. It is documented in docs/security.md ("Published cookie policy").
 
 use serde::Serialize;
 

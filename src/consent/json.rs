@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn object_grants_keys_set_true() {
-        // The shape Opendatasoft portals write (see ../shared/bench/README.md).
+        // The shape Opendatasoft portals write (see bench/README.md, "Consent cookie format used by the harness").
         assert_eq!(
             keys(r#"{"ga":true,"matomo":false,"timestamp":1718000000000}"#),
             Some(vec!["ga".to_owned()])
