@@ -1,6 +1,10 @@
 //! The admin endpoint: `/healthz`, `/readyz`, `/metrics`, `/registry`, `/policy/{host}`.
 //!
-//! Served on its own listener, which stays up while the proxy listener drains.
+//! Served on its own listener, which stays up while the proxy listener drains. The listener
+//! serves [`MAX_CONNECTIONS`] connections in full; past that, connections are not refused but
+//! served in the probe lane ([`crate::server::ProbeLane`]): one request each, `/healthz` and
+//! `/readyz` only, its head due within a second. So no number of idle or slow admin
+//! connections can make a probe fail or wait.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,6 +18,15 @@ use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::policy_page;
 use crate::reload::Live;
+
+/// Admin connections served in full at once (scrapers, operators); more are served for probes
+/// only.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Whether `path` is a health probe, answered whatever the number of admin connections.
+pub fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
 
 /// What the admin endpoint reads.
 pub struct AdminState {

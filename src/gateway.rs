@@ -186,6 +186,7 @@ impl Worker {
                     permits: Arc::clone(&shared.permits),
                     closed: Some(notice),
                     worker_gauge: Some(worker_gauge.clone()),
+                    probes: None,
                 },
             ));
         }
@@ -310,9 +311,15 @@ impl Gateway {
                 async move { admin::handle(&state, &req) }
             };
             let mut limits = config.limits.clone();
-            limits.max_connections = 64;
-            admin_task = Some(tokio::spawn(crate::server::serve(
-                listener, handler, limits, None, admin_rx, None,
+            limits.max_connections = admin::MAX_CONNECTIONS;
+            let hooks = crate::server::ListenerHooks {
+                permits: Arc::new(Semaphore::new(limits.max_connections)),
+                closed: None,
+                worker_gauge: None,
+                probes: Some(crate::server::ProbeLane::new(admin::is_probe)),
+            };
+            admin_task = Some(tokio::spawn(crate::server::serve_with(
+                listener, handler, limits, None, admin_rx, None, hooks,
             )));
         }
         let watcher = if config.watch {

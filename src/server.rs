@@ -75,6 +75,7 @@ where
         permits: Arc::new(Semaphore::new(limits.max_connections)),
         closed: None,
         worker_gauge: None,
+        probes: None,
     };
     serve_with(listener, handler, limits, metrics, shutdown, tls, hooks).await
 }
@@ -88,6 +89,42 @@ pub struct ListenerHooks {
     pub closed: Option<tokio::sync::oneshot::Sender<usize>>,
     /// The serving worker's own open-connections gauge.
     pub worker_gauge: Option<Gauge>,
+    /// The admin listener's probe lane: connections over the limit are still served, for
+    /// probes only (see [`ProbeLane`]). Plain (non-TLS) listeners only.
+    pub probes: Option<ProbeLane>,
+}
+
+/// How long a connection in the probe lane has to send its one request head. Kubelet and load
+/// balancer probes send theirs at once; an idle or slow connection leaves the lane after this.
+pub const PROBE_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connections the probe lane serves at once (each costs a task, a socket and hyper's read
+/// buffer, about 10 KiB, for at most [`PROBE_HEAD_TIMEOUT`]).
+pub const PROBE_LANE_SLOTS: usize = 1024;
+
+/// Health probes served whatever other connections do (the admin listener's rule: idle or slow
+/// connections can never make `/healthz` or `/readyz` fail or wait).
+///
+/// A connection that arrives when the listener's own limit is taken is not refused: it enters
+/// the probe lane, where it gets one request, whose head must arrive within
+/// [`PROBE_HEAD_TIMEOUT`], answered only if it is a probe (anything else gets a 503), and is
+/// then closed. Idle connections therefore hold a lane slot for at most a second, and the lane
+/// has [`PROBE_LANE_SLOTS`] of them: starving it takes a thousand new connections a second,
+/// each of which is accepted and closed in turn.
+#[derive(Clone)]
+pub struct ProbeLane {
+    pub slots: Arc<Semaphore>,
+    /// Whether a request path is a probe.
+    pub is_probe: fn(&str) -> bool,
+}
+
+impl ProbeLane {
+    pub fn new(is_probe: fn(&str) -> bool) -> Self {
+        ProbeLane {
+            slots: Arc::new(Semaphore::new(PROBE_LANE_SLOTS)),
+            is_probe,
+        }
+    }
 }
 
 /// [`serve`], with the connection budget and the close notice of `hooks`.
@@ -106,6 +143,7 @@ where
 {
     let permits = hooks.permits;
     let worker_gauge = hooks.worker_gauge;
+    let probes = hooks.probes.filter(|_| tls.is_none());
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let mut h1 = http1::Builder::new();
@@ -133,7 +171,15 @@ where
                     }
                 };
                 let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                    refuse(stream, peer, metrics.as_deref());
+                    let lane = probes.as_ref().and_then(|l| {
+                        Arc::clone(&l.slots).try_acquire_owned().ok().map(|p| (p, l.is_probe))
+                    });
+                    match lane {
+                        Some((slot, is_probe)) => {
+                            conns.spawn(serve_probe_lane(stream, peer, slot, is_probe, handler.clone()));
+                        }
+                        None => refuse(stream, peer, metrics.as_deref()),
+                    }
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -203,6 +249,54 @@ where
         }
     }
 }
+
+/// One connection in the probe lane (see [`ProbeLane`]): one request, probes only.
+async fn serve_probe_lane<H, F>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    is_probe: fn(&str) -> bool,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let _slot = slot;
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(PROBE_HEAD_TIMEOUT)
+        .max_buf_size(PROBE_MAX_HEAD)
+        .keep_alive(false);
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let probe = is_probe(req.uri().path());
+        let fut = probe.then(|| handler(req, peer));
+        async move {
+            Ok::<_, Infallible>(match fut {
+                Some(f) => f.await,
+                None => {
+                    let mut r = Response::new(ProxyBody::full(
+                        "503 service unavailable: admin connection limit reached\n",
+                    ));
+                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    r
+                }
+            })
+        }
+    });
+    // The whole connection is bounded too: a probe answer a client does not read cannot hold
+    // the slot.
+    let io = IdleIo::new(stream, PROBE_HEAD_TIMEOUT);
+    let conn = h1.serve_connection(TokioIo::new(io), svc);
+    if tokio::time::timeout(2 * PROBE_HEAD_TIMEOUT, conn)
+        .await
+        .is_err()
+    {
+        tracing::debug!(peer = %peer, "admin probe-lane connection cut");
+    }
+}
+
+/// Largest request head in the probe lane (hyper's smallest read buffer).
+const PROBE_MAX_HEAD: usize = 8192;
 
 /// The service of one connection. With `checks` (HTTP/1) each request carries its head verdict,
 /// a 101 stops the head scanner, and the response to the connection's
