@@ -30,7 +30,15 @@ pub struct IdleBody<B> {
     sleep: Option<Pin<Box<Sleep>>>,
     /// Told once the whole body has been read (see [`IdleBody::notify_end`]).
     on_end: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Called if the body is dropped before its end without an error of its own: the reader
+    /// (the client) gave up on it (see [`IdleBody::on_abandon`]).
+    on_abandon: Option<Abandoned>,
+    /// The body ended, or failed: dropping it now abandons nothing.
+    finished: bool,
 }
+
+/// What to do when a body is abandoned (see [`IdleBody::on_abandon`]).
+pub type Abandoned = Box<dyn FnOnce() + Send + Sync>;
 
 impl<B> IdleBody<B> {
     pub fn new(inner: B, timeout: Duration) -> Self {
@@ -39,6 +47,18 @@ impl<B> IdleBody<B> {
             timeout,
             sleep: None,
             on_end: None,
+            on_abandon: None,
+            finished: false,
+        }
+    }
+}
+
+impl<B> Drop for IdleBody<B> {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_abandon.take() {
+            if !self.finished {
+                f();
+            }
         }
     }
 }
@@ -55,7 +75,17 @@ impl<B: Body> IdleBody<B> {
         self
     }
 
+    /// Calls `f` if the body is dropped before its end (an empty body never is), unless the
+    /// body failed itself (upstream error, idle timeout): its reader abandoned it.
+    pub fn on_abandon(mut self, f: Abandoned) -> Self {
+        if !self.inner.is_end_stream() {
+            self.on_abandon = Some(f);
+        }
+        self
+    }
+
     fn ended(&mut self) {
+        self.finished = true;
         if let Some(done) = self.on_end.take() {
             let _ = done.send(());
         }
@@ -80,7 +110,10 @@ where
                 if let Some(s) = this.sleep.as_mut() {
                     s.as_mut().reset(Instant::now() + this.timeout);
                 }
-                if frame.is_none() || this.inner.is_end_stream() {
+                if frame.is_none()
+                    || this.inner.is_end_stream()
+                    || frame.as_ref().is_some_and(Result::is_err)
+                {
                     this.ended();
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
@@ -91,6 +124,7 @@ where
                     .sleep
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 ready!(sleep.as_mut().poll(cx));
+                this.finished = true;
                 Poll::Ready(Some(Err(Box::new(IdleTimeout(timeout)))))
             }
         }

@@ -23,6 +23,8 @@ pub enum ProxyError {
     RequestTimeout,
     #[error("upstream refused the connection")]
     UpstreamConnect,
+    #[error("upstream name did not resolve (DNS)")]
+    UpstreamDns,
     #[error("upstream timed out")]
     UpstreamTimeout,
     #[error("upstream reset the connection")]
@@ -43,6 +45,7 @@ impl ProxyError {
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UnknownHost => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::UpstreamConnect
+            | ProxyError::UpstreamDns
             | ProxyError::UpstreamReset
             | ProxyError::UpstreamProtocol
             | ProxyError::UpstreamHeadTooLarge => StatusCode::BAD_GATEWAY,
@@ -60,6 +63,7 @@ impl ProxyError {
             ProxyError::RequestTimeout => "408 request timeout: the request body stalled\n",
             ProxyError::UnknownHost => "421 misdirected request: unknown host\n",
             ProxyError::UpstreamConnect
+            | ProxyError::UpstreamDns
             | ProxyError::UpstreamReset
             | ProxyError::UpstreamProtocol
             | ProxyError::UpstreamHeadTooLarge => "502 bad gateway\n",
@@ -70,7 +74,7 @@ impl ProxyError {
     /// The `kind` label of `consent_gateway_upstream_errors_total`, for upstream errors.
     pub fn upstream_kind(self) -> Option<&'static str> {
         match self {
-            ProxyError::UpstreamConnect => Some("connect"),
+            ProxyError::UpstreamConnect | ProxyError::UpstreamDns => Some("connect"),
             ProxyError::UpstreamTimeout => Some("timeout"),
             ProxyError::UpstreamReset => Some("reset"),
             ProxyError::UpstreamProtocol | ProxyError::UpstreamHeadTooLarge => Some("protocol"),
@@ -90,7 +94,13 @@ impl ProxyError {
         let mut reset = false;
         let mut parse = false;
         let mut too_large = false;
+        let mut dns = false;
         while let Some(s) = source {
+            // hyper-util's HttpConnector says "dns error" for a failed name resolution (its
+            // ConnectError is not public: its message is what tells).
+            if e.is_connect() && s.to_string().starts_with("dns error") {
+                dns = true;
+            }
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
                 match io.kind() {
                     std::io::ErrorKind::TimedOut => timed_out = true,
@@ -116,6 +126,8 @@ impl ProxyError {
         }
         if timed_out {
             ProxyError::UpstreamTimeout
+        } else if dns {
+            ProxyError::UpstreamDns
         } else if e.is_connect() {
             ProxyError::UpstreamConnect
         } else if too_large {

@@ -187,6 +187,7 @@ impl Worker {
                     closed: Some(notice),
                     worker_gauge: Some(worker_gauge.clone()),
                     probes: None,
+                    listener: l.scheme,
                 },
             ));
         }
@@ -317,9 +318,16 @@ impl Gateway {
                 closed: None,
                 worker_gauge: None,
                 probes: Some(crate::server::ProbeLane::new(admin::is_probe)),
+                listener: "admin",
             };
             admin_task = Some(tokio::spawn(crate::server::serve_with(
-                listener, handler, limits, None, admin_rx, None, hooks,
+                listener,
+                handler,
+                limits,
+                Some(Arc::clone(&metrics)),
+                admin_rx,
+                None,
+                hooks,
             )));
         }
         let watcher = if config.watch {

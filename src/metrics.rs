@@ -14,6 +14,12 @@ pub struct WorkerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// `http`, `https` or `admin`.
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HostCode {
     pub host: String,
     pub code: u16,
@@ -67,8 +73,11 @@ pub struct Metrics {
     pub generation: Gauge,
     /// `consent_gateway_upstream_errors_total{host,kind}`
     pub upstream_errors: Family<HostKind, Counter>,
-    /// `consent_gateway_connections_open`
-    pub connections_open: Gauge,
+    /// `consent_gateway_connections_open{listener}`
+    pub connections_open: Family<ListenerLabel, Gauge>,
+    /// `consent_gateway_client_aborts_total{host}`: requests the client abandoned before the
+    /// response was complete (logged with status 499).
+    pub client_aborts: Family<HostLabel, Counter>,
     /// `consent_gateway_worker_connections_open{worker}`: the same, by proxy worker, so that an
     /// uneven split of connections between workers shows.
     pub worker_connections_open: Family<WorkerLabel, Gauge>,
@@ -140,11 +149,17 @@ impl Metrics {
             "Upstream failures by host and kind",
             upstream_errors.clone(),
         );
-        let connections_open = Gauge::default();
+        let connections_open = Family::<ListenerLabel, Gauge>::default();
         registry.register(
             "connections_open",
-            "Client connections open",
+            "Client connections open, by listener (http, https, admin)",
             connections_open.clone(),
+        );
+        let client_aborts = Family::<HostLabel, Counter>::default();
+        registry.register(
+            "client_aborts",
+            "Requests the client abandoned before the response was complete (logged as 499)",
+            client_aborts.clone(),
         );
         let worker_connections_open = Family::<WorkerLabel, Gauge>::default();
         registry.register(
@@ -176,6 +191,7 @@ impl Metrics {
             generation,
             upstream_errors,
             connections_open,
+            client_aborts,
             worker_connections_open,
             connections_refused,
         }

@@ -20,7 +20,7 @@ use crate::body::{IdleBody, ProxyBody};
 use crate::config::{Cidr, Limits};
 use crate::error::ProxyError;
 use crate::filter::{add_vary_cookie, filter_response, strip_request, Summary};
-use crate::metrics::{CounterCache, HostKind, Metrics};
+use crate::metrics::{CounterCache, HostKind, HostLabel, Metrics};
 use crate::policy::Verdict;
 use crate::registry::{HostPolicy, Mode};
 use crate::reload::Live;
@@ -54,6 +54,52 @@ struct Outcome {
     stripped: usize,
     /// Browser cookies purged in the response (would be, in report-only mode).
     purged: usize,
+}
+
+/// A request being answered. Dropped before it is answered (the client closed its connection
+/// or reset its stream while the gateway waited on the upstream): logged with status 499 and
+/// counted as a client abort.
+struct InFlight<'a> {
+    proxy: &'a Proxy,
+    start: Instant,
+    method: http::Method,
+    uri: Uri,
+    peer: SocketAddr,
+    outcome: Outcome,
+    /// The response exists: nothing is abandoned from here on (the body has its own hook).
+    answered: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let host = self
+            .outcome
+            .policy
+            .as_ref()
+            .map_or("unknown", |p| p.name.as_str());
+        tracing::info!(
+            target: "consent_gateway::access",
+            host,
+            method = %self.method,
+            path = self.uri.path(),
+            status = 499u16,
+            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            upstream = %self.outcome.policy.as_ref().map_or(String::new(), |p| p.upstream.to_string()),
+            peer = %self.peer,
+            "client abandoned the request before the response"
+        );
+        let m = &self.proxy.metrics;
+        m.duration.observe(self.start.elapsed().as_secs_f64());
+        self.proxy.counters.request(m, host, 499);
+        m.client_aborts
+            .get_or_create(&HostLabel {
+                host: host.to_owned(),
+            })
+            .inc();
+    }
 }
 
 /// Headers that only concern one connection (RFC 9110 §7.6.1), besides those `Connection` names.
@@ -92,19 +138,30 @@ impl Proxy {
     }
 
     /// Answers one request. Never fails: errors become short plain-text responses.
+    ///
+    /// A request the client abandons (its connection closed, its HTTP/2 stream reset) before the
+    /// response is complete is logged with status 499, as nginx does, and counted in
+    /// `consent_gateway_client_aborts_total{host}`: before the response head by [`InFlight`]
+    /// (this future is dropped), during the body by the body's abandon hook.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
-        let start = Instant::now();
-        let method = req.method().clone();
-        // A Uri clone shares its bytes: the path is logged without a copy.
-        let uri = req.uri().clone();
-        let mut outcome = Outcome::default();
-        let response = match self.try_handle(req, peer, &mut outcome).await {
+        let mut flight = InFlight {
+            proxy: &self,
+            start: Instant::now(),
+            method: req.method().clone(),
+            // A Uri clone shares its bytes: the path is logged without a copy.
+            uri: req.uri().clone(),
+            peer,
+            outcome: Outcome::default(),
+            answered: false,
+        };
+        let response = match self.try_handle(req, peer, &mut flight.outcome).await {
             Ok(r) => r,
             Err(e) => {
+                let outcome = &flight.outcome;
                 if let Some(kind) = e.upstream_kind() {
                     let host = outcome
                         .policy
@@ -127,7 +184,9 @@ impl Proxy {
                 error_response(e)
             }
         };
-        let elapsed = start.elapsed();
+        flight.answered = true;
+        let outcome = &flight.outcome;
+        let elapsed = flight.start.elapsed();
         let code = response.status().as_u16();
         let host = outcome
             .policy
@@ -137,8 +196,8 @@ impl Proxy {
         tracing::info!(
             target: "consent_gateway::access",
             host,
-            method = %method,
-            path = uri.path(),
+            method = %flight.method,
+            path = flight.uri.path(),
             status = code,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             upstream = %outcome.policy.as_ref().map_or(String::new(), |p| p.upstream.to_string()),
@@ -150,7 +209,33 @@ impl Proxy {
             cookies_purged = outcome.purged,
         );
         self.counters.request(&self.metrics, host, code);
-        response
+        let (parts, body) = response.into_parts();
+        let body = match body {
+            ProxyBody::Upstream(b) => {
+                let metrics = Arc::clone(&self.metrics);
+                let (host, method, uri) =
+                    (host.to_owned(), flight.method.clone(), flight.uri.clone());
+                let start = flight.start;
+                ProxyBody::Upstream(b.on_abandon(Box::new(move || {
+                    tracing::info!(
+                        target: "consent_gateway::access",
+                        host,
+                        method = %method,
+                        path = uri.path(),
+                        status = 499u16,
+                        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+                        peer = %peer,
+                        "client abandoned the response body (the response head was {code})"
+                    );
+                    metrics
+                        .client_aborts
+                        .get_or_create(&HostLabel { host })
+                        .inc();
+                })))
+            }
+            other => other,
+        };
+        Response::from_parts(parts, body)
     }
 
     async fn try_handle(
@@ -169,6 +254,7 @@ impl Proxy {
             .ok_or(ProxyError::UnknownHost)?;
         outcome.policy = Some(Arc::clone(policy));
 
+        let downstream_version = req.version();
         let consent = crate::consent::from_request_headers(&policy.consent, req.headers());
         let upgrade = requested_upgrade(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -247,6 +333,14 @@ impl Proxy {
             None
         };
         strip_hop_by_hop(&mut parts.headers);
+        // An intermediary sends its own version (RFC 9110 §6.2): an HTTP/1.0 (or HTTP/2)
+        // upstream must not turn the client's HTTP/1.1 connection into a closing HTTP/1.0 one.
+        // hyper itself answers an HTTP/1.0 client in HTTP/1.0.
+        parts.version = if downstream_version == http::Version::HTTP_2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
         if let Some(proto) = upgraded_proto {
             parts
                 .headers
@@ -411,6 +505,10 @@ fn ip_header_value(ip: std::net::IpAddr) -> Option<HeaderValue> {
 /// header. Returned as sent (port included); the registry lookup normalises it.
 fn request_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
     if let Some(a) = req.uri().authority() {
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400, absolute-form or not.
+        if req.version() == http::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+            return Err(ProxyError::NoHost);
+        }
         return Ok(a.as_str().to_owned());
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();

@@ -42,7 +42,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::body::{IdleIo, ProxyBody};
 use crate::config::Limits;
 use crate::hardening::{HeadCheck, HeadChecks};
-use crate::metrics::{HostCode, Metrics};
+use crate::metrics::{HostCode, ListenerLabel, Metrics};
 use prometheus_client::metrics::gauge::Gauge;
 
 /// Requests served on one HTTP/1 connection before the gateway asks the client to reconnect.
@@ -76,6 +76,7 @@ where
         closed: None,
         worker_gauge: None,
         probes: None,
+        listener: "http",
     };
     serve_with(listener, handler, limits, metrics, shutdown, tls, hooks).await
 }
@@ -92,6 +93,8 @@ pub struct ListenerHooks {
     /// The admin listener's probe lane: connections over the limit are still served, for
     /// probes only (see [`ProbeLane`]). Plain (non-TLS) listeners only.
     pub probes: Option<ProbeLane>,
+    /// The `listener` label of `consent_gateway_connections_open`: `http`, `https` or `admin`.
+    pub listener: &'static str,
 }
 
 /// How long a connection in the probe lane has to send its one request head. Kubelet and load
@@ -143,6 +146,13 @@ where
 {
     let permits = hooks.permits;
     let worker_gauge = hooks.worker_gauge;
+    let open_gauge = metrics.as_ref().map(|m| {
+        m.connections_open
+            .get_or_create(&ListenerLabel {
+                listener: hooks.listener,
+            })
+            .clone()
+    });
     let probes = hooks.probes.filter(|_| tls.is_none());
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
@@ -176,7 +186,12 @@ where
                     });
                     match lane {
                         Some((slot, is_probe)) => {
-                            conns.spawn(serve_probe_lane(stream, peer, slot, is_probe, handler.clone()));
+                            let open = OpenGuard::new([open_gauge.clone(), None]);
+                            let conn = serve_probe_lane(stream, peer, slot, is_probe, handler.clone());
+                            conns.spawn(async move {
+                                let _open = open;
+                                conn.await;
+                            });
                         }
                         None => refuse(stream, peer, metrics.as_deref()),
                     }
@@ -187,12 +202,12 @@ where
                 let (h1, h2, tls) = (h1.clone(), h2.clone(), tls.clone());
                 let drain = drain_rx.clone();
                 let metrics = metrics.clone();
-                let worker_gauge = worker_gauge.clone();
+                let gauges = OpenGuard::new([open_gauge.clone(), worker_gauge.clone()]);
                 let (idle, handshake) = (limits.idle_timeout, limits.header_read_timeout);
                 let max_head = limits.max_header_bytes;
                 conns.spawn(async move {
                     let _permit = permit;
-                    let _open = metrics.as_ref().map(|m| OpenGuard::new(m, worker_gauge.as_ref()));
+                    let _open = gauges;
                     let io = IdleIo::new(stream, idle);
                     let Some(acceptor) = tls else {
                         let (io, checks) = HeadCheck::new(io, max_head);
@@ -447,25 +462,23 @@ fn refuse(stream: TcpStream, peer: SocketAddr, metrics: Option<&Metrics>) {
     let _ = stream.try_write(OVERLOADED);
 }
 
-/// Keeps `consent_gateway_connections_open` (and the worker's own gauge) right, however the
-/// connection task ends.
-struct OpenGuard(Arc<Metrics>, Option<Gauge>);
+/// Keeps `consent_gateway_connections_open{listener}` (and the worker's own gauge) right,
+/// however the connection task ends.
+struct OpenGuard([Option<Gauge>; 2]);
 
 impl OpenGuard {
-    fn new(m: &Arc<Metrics>, worker: Option<&Gauge>) -> Self {
-        m.connections_open.inc();
-        if let Some(w) = worker {
-            w.inc();
+    fn new(gauges: [Option<Gauge>; 2]) -> Self {
+        for g in gauges.iter().flatten() {
+            g.inc();
         }
-        OpenGuard(Arc::clone(m), worker.cloned())
+        OpenGuard(gauges)
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.connections_open.dec();
-        if let Some(w) = &self.1 {
-            w.dec();
+        for g in self.0.iter().flatten() {
+            g.dec();
         }
     }
 }

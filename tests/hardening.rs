@@ -542,7 +542,8 @@ async fn slowloris_does_not_starve_other_clients() {
             for _ in 0..WAVE {
                 ready.recv().await.unwrap();
             }
-            let open = || gw.metrics.connections_open.get();
+            let http = consent_gateway::metrics::ListenerLabel { listener: "http" };
+            let open = || gw.metrics.connections_open.get_or_create(&http).get();
             let want = i64::try_from(i + 1).unwrap();
             tokio::time::timeout(Duration::from_secs(5), async {
                 while open() < want {
@@ -675,7 +676,7 @@ async fn connections_over_max_connections_get_503_and_the_others_are_served() {
         .collect();
     assert_eq!(by_worker.iter().sum::<i64>(), 2, "{by_worker:?}");
     assert!(
-        text.contains("consent_gateway_connections_open 2\n"),
+        text.contains("consent_gateway_connections_open{listener=\"http\"} 2\n"),
         "{text}"
     );
     // The connections within the limit are still served.
