@@ -129,6 +129,16 @@ struct RawGateway {
     limits: RawLimits,
     #[serde(default)]
     proxy: RawProxy,
+    audit: Option<Spanned<RawAudit>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: Spanned<String>,
+    max_bytes: Option<Spanned<String>>,
+    keep: Option<Spanned<i64>>,
+    queue: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -314,6 +324,67 @@ pub struct GatewayConfig {
     /// `[proxy] reuse_port` (default true): with several workers, one listening socket per worker
     /// (`SO_REUSEPORT`) instead of one shared socket.
     pub reuse_port: bool,
+    /// `[audit]`: the audit log, when configured.
+    pub audit: Option<AuditConfig>,
+}
+
+/// Where the audit log goes (`[audit] path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditPath {
+    /// A file, rotated by size (resolved against the gateway file's directory).
+    File(PathBuf),
+    /// Standard output, one record a line (`path = "stdout"`), for a log collector.
+    Stdout,
+}
+
+/// `[audit]`, compiled: the tamper-evident audit log (see [`crate::audit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub path: AuditPath,
+    /// Rotate before a record would take the file past this size.
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.jsonl.1` ... `audit.jsonl.<keep>`).
+    pub keep: u32,
+    /// Records the queue between the request path and the writer holds; more are lost (counted
+    /// and recorded), never waited for.
+    pub queue: usize,
+}
+
+/// Default of `[audit] max_bytes`: 100 MiB.
+pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 100 << 20;
+/// Smallest `[audit] max_bytes` accepted.
+pub const MIN_AUDIT_MAX_BYTES: u64 = 1 << 10;
+/// Default of `[audit] keep`.
+pub const DEFAULT_AUDIT_KEEP: u32 = 10;
+/// Largest `[audit] keep` accepted.
+pub const MAX_AUDIT_KEEP: i64 = 1000;
+/// Default of `[audit] queue`.
+pub const DEFAULT_AUDIT_QUEUE: usize = 8192;
+/// Largest `[audit] queue` accepted.
+pub const MAX_AUDIT_QUEUE: i64 = 1 << 20;
+
+/// Parses a size such as `100MiB`, `512KiB`, `1GiB` or `65536` (bytes). `K`, `M`, `G` are
+/// binary units too, as in nginx.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "invalid size {s:?}: expected a whole number of bytes, optionally followed by KiB, MiB or GiB, as in \"100MiB\""
+        )
+    };
+    let t = s.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(bad());
+    }
+    let n: u64 = t[..digits].parse().map_err(|_| bad())?;
+    let shift = match t[digits..].trim_start() {
+        "" | "B" => 0,
+        "K" | "k" | "KiB" => 10,
+        "M" | "m" | "MiB" => 20,
+        "G" | "g" | "GiB" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
 }
 
 /// Parses a duration such as `10s`, `500ms`, `1m30s` or `2h`.
@@ -516,6 +587,10 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         Some(w) if *w.get_ref() > 0 => *w.get_ref() as usize,
         _ => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
     };
+    let audit = raw
+        .audit
+        .as_ref()
+        .and_then(|a| parse_audit(&src, &base, a.get_ref(), &mut errors));
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -532,6 +607,66 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         trusted_proxies,
         workers,
         reuse_port: raw.proxy.reuse_port.unwrap_or(true),
+        audit,
+    })
+}
+
+/// `[audit]`: every field checked, errors pushed with their place.
+fn parse_audit(
+    src: &Source<'_>,
+    base: &Path,
+    raw: &RawAudit,
+    errors: &mut Vec<ConfigError>,
+) -> Option<AuditConfig> {
+    let before = errors.len();
+    let p = raw.path.get_ref().trim();
+    let path = if p.is_empty() {
+        errors.push(src.error(raw.path.span(), "audit.path: set a file path or \"stdout\""));
+        AuditPath::Stdout
+    } else if p == "stdout" {
+        AuditPath::Stdout
+    } else if p.ends_with('/') {
+        errors.push(src.error(
+            raw.path.span(),
+            format!("audit.path: {p:?} names a directory; name the log file in it"),
+        ));
+        AuditPath::Stdout
+    } else {
+        AuditPath::File(resolve(base, p))
+    };
+    let mut max_bytes = DEFAULT_AUDIT_MAX_BYTES;
+    if let Some(v) = &raw.max_bytes {
+        match parse_size(v.get_ref()) {
+            Ok(n) if n >= MIN_AUDIT_MAX_BYTES => max_bytes = n,
+            Ok(_) => errors.push(src.error(v.span(), "audit.max_bytes: must be at least 1KiB")),
+            Err(e) => errors.push(src.error(v.span(), format!("audit.max_bytes: {e}"))),
+        }
+    }
+    let mut keep = DEFAULT_AUDIT_KEEP;
+    if let Some(v) = &raw.keep {
+        match u32::try_from(*v.get_ref()) {
+            Ok(n) if i64::from(n) <= MAX_AUDIT_KEEP => keep = n,
+            _ => errors.push(src.error(
+                v.span(),
+                format!("audit.keep: must be 0 to {MAX_AUDIT_KEEP}"),
+            )),
+        }
+    }
+    let mut queue = DEFAULT_AUDIT_QUEUE;
+    if let Some(v) = &raw.queue {
+        match usize::try_from(*v.get_ref()) {
+            Ok(n) if n >= 1 && *v.get_ref() <= MAX_AUDIT_QUEUE => queue = n,
+            _ => errors.push(src.error(
+                v.span(),
+                format!("audit.queue: must be 1 to {MAX_AUDIT_QUEUE}"),
+            )),
+        }
+    }
+    (errors.len() == before).then_some(AuditConfig {
+        path,
+        max_bytes,
+        keep,
+        queue,
     })
 }
 
@@ -1487,6 +1622,30 @@ mod tests {
                 "[listen]\nhttps = \"127.0.0.1:1\"\n",
                 "config/gateway.toml:1:1: listen.https: needs a [tls] table",
             ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[audit]\npath = \"a.jsonl\"\nmax_bytes = \"10 MB\"\n",
+                "config/gateway.toml:5:13: audit.max_bytes: invalid size \"10 MB\"",
+            ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[audit]\npath = \"a.jsonl\"\nmax_bytes = \"512\"\n",
+                "config/gateway.toml:5:13: audit.max_bytes: must be at least 1KiB",
+            ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[audit]\npath = \"a.jsonl\"\nkeep = -1\n",
+                "config/gateway.toml:5:8: audit.keep: must be 0 to 1000",
+            ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[audit]\npath = \"\"\n",
+                "config/gateway.toml:4:8: audit.path: set a file path or \"stdout\"",
+            ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[audit]\npath = \"a.jsonl\"\nqueue = 0\n",
+                "config/gateway.toml:5:9: audit.queue: must be 1 to 1048576",
+            ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[audit]\nfile = \"a.jsonl\"\n",
+                "config/gateway.toml:4:1: unknown field `file`",
+            ),
         ];
         for (text, want) in cases {
             let e = gw_err(text);
@@ -1504,5 +1663,57 @@ mod tests {
         assert_eq!(g.registry_dir, PathBuf::from("/etc/cg/hosts"));
         assert_eq!(g.limits.idle_timeout, Duration::from_secs(45));
         assert_eq!(g.limits.max_connections, 10_000);
+        assert_eq!(g.audit, None);
+    }
+
+    #[test]
+    fn audit_table_compiles_with_defaults_and_resolved_path() {
+        let g = parse_gateway(
+            Path::new("/etc/cg/gateway.toml"),
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[audit]\npath = \"log/audit.jsonl\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            g.audit,
+            Some(AuditConfig {
+                path: AuditPath::File(PathBuf::from("/etc/cg/log/audit.jsonl")),
+                max_bytes: 100 << 20,
+                keep: 10,
+                queue: DEFAULT_AUDIT_QUEUE,
+            })
+        );
+        let g = parse_gateway(
+            Path::new("gateway.toml"),
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[audit]\npath = \"stdout\"\nmax_bytes = \"4KiB\"\nkeep = 0\nqueue = 16\n",
+        )
+        .unwrap();
+        assert_eq!(
+            g.audit,
+            Some(AuditConfig {
+                path: AuditPath::Stdout,
+                max_bytes: 4096,
+                keep: 0,
+                queue: 16,
+            })
+        );
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("100MiB"), Ok(100 << 20));
+        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("7B"), Ok(7));
+        for bad in [
+            "",
+            "MiB",
+            "10 MB",
+            "1.5GiB",
+            "-1",
+            "99999999999999999999GiB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 }

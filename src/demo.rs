@@ -389,6 +389,7 @@ pub async fn start(port: u16) -> Result<Demo, crate::gateway::StartError> {
         trusted_proxies: Vec::new(),
         workers: 1,
         reuse_port: false,
+        audit: None,
     };
     let gateway = match Gateway::start(&config, registry.clone()).await {
         Ok(g) => g,

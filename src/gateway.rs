@@ -45,6 +45,12 @@ pub struct Gateway {
     admin_task: Option<JoinHandle<usize>>,
     /// Registry and certs watcher; `None` when the config asks for no watching.
     _watcher: Option<WatcherHandle>,
+    /// The audit log's writer, with `[audit]`; drained by [`Gateway::wait`].
+    audit: Option<crate::audit::Audit>,
+    /// When the drain began, and how long it may take (`shutdown_grace`): the audit queue is
+    /// drained within what is left of it.
+    shutdown_at: std::sync::OnceLock<tokio::time::Instant>,
+    grace: std::time::Duration,
 }
 
 /// Pending connections the kernel queues for a listener (`listen(2)` backlog; nginx uses 511,
@@ -99,6 +105,8 @@ struct WorkerShared {
     trusted_proxies: Vec<crate::config::Cidr>,
     permits: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
+    /// The audit log's queue, with `[audit]`.
+    audit: Option<crate::audit::Sink>,
     /// The worker's number, from 0 (its thread is `proxy-<n>`).
     n: u32,
 }
@@ -163,14 +171,17 @@ impl Worker {
                     continue;
                 }
             };
-            let proxy = Arc::new(Proxy::new(
-                Arc::clone(&shared.live),
-                Arc::clone(&upstreams),
-                Arc::clone(&shared.metrics),
-                shared.limits.clone(),
-                shared.trusted_proxies.clone(),
-                l.scheme,
-            ));
+            let proxy = Arc::new(
+                Proxy::new(
+                    Arc::clone(&shared.live),
+                    Arc::clone(&upstreams),
+                    Arc::clone(&shared.metrics),
+                    shared.limits.clone(),
+                    shared.trusted_proxies.clone(),
+                    l.scheme,
+                )
+                .with_audit(shared.audit.clone()),
+            );
             // Boxed per request: hyper keeps one slot the size of this future for every open
             // connection, idle keep-alive ones included; a pointer there instead of the whole
             // request state (~2 KiB) saves that much per idle connection.
@@ -230,6 +241,20 @@ impl Gateway {
             Arc::clone(&metrics),
             certs.clone(),
         ));
+        let audit = match &config.audit {
+            Some(a) => {
+                let snapshot = live.load();
+                let audit = crate::audit::Audit::start(
+                    a,
+                    Arc::clone(&metrics),
+                    snapshot.generation,
+                    &snapshot.registry.digest,
+                )?;
+                live.set_audit(audit.sink());
+                Some(audit)
+            }
+            None => None,
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (admin_shutdown, admin_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
@@ -291,6 +316,7 @@ impl Gateway {
                     trusted_proxies: config.trusted_proxies.clone(),
                     permits: Arc::clone(&permits),
                     shutdown: shutdown_rx.clone(),
+                    audit: audit.as_ref().map(crate::audit::Audit::sink),
                     n: u32::try_from(n).unwrap_or(u32::MAX),
                 };
                 workers.push(Worker::spawn(mine, shared)?);
@@ -356,7 +382,15 @@ impl Gateway {
             workers,
             admin_task,
             _watcher: watcher,
+            audit,
+            shutdown_at: std::sync::OnceLock::new(),
+            grace: config.limits.shutdown_grace,
         })
+    }
+
+    /// The audit log, with `[audit]`.
+    pub fn audit(&self) -> Option<&crate::audit::Audit> {
+        self.audit.as_ref()
     }
 
     /// Re-reads the registry and certs directories (SIGHUP).
@@ -377,6 +411,7 @@ impl Gateway {
     /// Starts the drain: `/readyz` turns 503 and the proxy listeners close.
     pub fn begin_shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);
+        let _ = self.shutdown_at.set(tokio::time::Instant::now());
         let _ = self.shutdown.send(true);
     }
 
@@ -399,6 +434,14 @@ impl Gateway {
         let mut cut = 0;
         for w in self.workers.drain(..) {
             cut += w.wait().await;
+        }
+        if let Some(audit) = self.audit.take() {
+            // What is left of shutdown_grace, and at least a second for the last records.
+            let now = tokio::time::Instant::now();
+            let deadline = self.shutdown_at.get().map_or(now, |t| *t + self.grace);
+            audit
+                .close(deadline.max(now + std::time::Duration::from_secs(1)))
+                .await;
         }
         let _ = self.admin_shutdown.send(true);
         if let Some(t) = self.admin_task.take() {

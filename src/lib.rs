@@ -12,6 +12,8 @@
 //! - [`filter`]: the decision applied to a response's headers; `Vary: Cookie`.
 //! - [`policy_page`]: a host's cookie policy rendered as HTML and JSON for `/policy/{host}`.
 //! - [`import`]: `import-policy`: a cookie-policy page read into a registry file.
+//! - [`audit`]: the tamper-evident audit log: records, their hash chain, `audit verify`, and its
+//!   writer thread (the one I/O part, fed by a bounded queue that never blocks a request).
 //!
 //! Edges and I/O:
 //! - [`config`]: the config files, parsed and compiled into a registry; `file:line:col` errors.
@@ -30,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod body;
 pub mod config;
 pub mod consent;
@@ -51,6 +54,13 @@ pub mod request_cookies;
 pub mod server;
 pub mod set_cookie;
 pub mod tls;
+
+/// Milliseconds since the Unix epoch by the system clock (0 if the clock is before 1970).
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// Seconds since the Unix epoch by the system clock (0 if the clock is before 1970).
 pub fn unix_now() -> i64 {

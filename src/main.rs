@@ -73,6 +73,21 @@ enum Command {
         #[arg(long = "set-cookie", required = true)]
         set_cookie: Vec<String>,
     },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of audit log files; exit 1 naming the first broken file:line.
+    Verify {
+        /// The files in rotation order, oldest first (audit.jsonl.2 audit.jsonl.1 audit.jsonl).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -95,7 +110,81 @@ fn main() -> ExitCode {
             gpc,
             set_cookie,
         } => explain(&config, &host, cookie.as_deref(), gpc, &set_cookie),
+        Command::Audit {
+            command: AuditCommand::Verify { files },
+        } => audit_verify(&files),
     }
+}
+
+fn audit_verify(files: &[PathBuf]) -> ExitCode {
+    use consent_gateway::audit::verify::{verify_reader, Verifier, VerifyError};
+    let mut v = Verifier::new();
+    for path in files {
+        let name = path.display().to_string();
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("{name}: cannot read: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        v.begin_file(name);
+        match verify_reader(&mut v, std::io::BufReader::new(file)) {
+            Ok(()) => {}
+            Err(VerifyError::Broken(b)) => {
+                eprintln!("{b}");
+                eprintln!("({} records verified before it)", b.verified);
+                return ExitCode::from(1);
+            }
+            Err(e @ VerifyError::Io { .. }) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let report = match v.finish() {
+        Ok(r) => r,
+        Err(b) => {
+            eprintln!("{b}");
+            eprintln!("({} records verified before it)", b.verified);
+            return ExitCode::from(1);
+        }
+    };
+    let span = match (&report.first_time, &report.last_time) {
+        (Some(a), Some(b)) => format!(" from {a} to {b}"),
+        _ => String::new(),
+    };
+    println!("intact: {} records{span}", report.records);
+    if let Some(a) = &report.anchor {
+        println!("anchor: {a} (prev of the first record)");
+    }
+    if let Some(h) = &report.last_hash {
+        println!("last hash: {h}");
+    }
+    println!("starts: {}", report.starts);
+    match report.losses.first() {
+        Some(first) => println!(
+            "lost: {} records, told by {} loss records (first at {first})",
+            report.lost,
+            report.losses.len()
+        ),
+        None => println!("lost: 0 records"),
+    }
+    for g in &report.gaps {
+        println!(
+            "seq gap: {}: seq {} where {} was expected ({} records were numbered but not written)",
+            g.at,
+            g.found,
+            g.expected,
+            g.found.saturating_sub(g.expected)
+        );
+    }
+    for t in &report.torn {
+        println!(
+            "torn: {t}: not a whole record: the gateway stopped while writing it (not tampering; the chain goes on from the record before it)"
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_logging(format: Option<LogFormat>) {

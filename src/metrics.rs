@@ -86,6 +86,14 @@ pub struct Metrics {
     /// `consent_gateway_tls_cert_not_after{host}`: seconds since the epoch; `host` is the
     /// certificate's file name without `.crt`.
     pub tls_cert_not_after: Family<HostLabel, Gauge>,
+    /// `consent_gateway_audit_lost_total`: audit records that never reached the log (queue
+    /// full, or a failed write).
+    pub audit_lost: Counter,
+    /// `consent_gateway_audit_write_errors_total`: failed opens, writes and rotations of the
+    /// audit log.
+    pub audit_write_errors: Counter,
+    /// `consent_gateway_audit_records_total`: audit records written.
+    pub audit_records: Counter,
 }
 
 impl Default for Metrics {
@@ -179,8 +187,29 @@ impl Metrics {
             "Expiry of each served certificate, seconds since the epoch",
             tls_cert_not_after.clone(),
         );
+        let audit_lost = Counter::default();
+        registry.register(
+            "audit_lost",
+            "Audit records that never reached the audit log (queue full or write failed)",
+            audit_lost.clone(),
+        );
+        let audit_write_errors = Counter::default();
+        registry.register(
+            "audit_write_errors",
+            "Failed opens, writes and rotations of the audit log",
+            audit_write_errors.clone(),
+        );
+        let audit_records = Counter::default();
+        registry.register(
+            "audit_records",
+            "Audit records written",
+            audit_records.clone(),
+        );
         Metrics {
             registry,
+            audit_lost,
+            audit_write_errors,
+            audit_records,
             tls_cert_not_after,
             requests,
             duration,

@@ -42,6 +42,8 @@ pub struct Proxy {
     trusted_proxies: Vec<Cidr>,
     /// `http` or `https`: what the client spoke, for `X-Forwarded-Proto`.
     scheme: &'static str,
+    /// The audit log's queue, with `[audit]`.
+    audit: Option<crate::audit::Sink>,
 }
 
 /// What the access log says about one request.
@@ -134,7 +136,14 @@ impl Proxy {
             limits,
             trusted_proxies,
             scheme,
+            audit: None,
         }
+    }
+
+    /// Hands a record of every response with a decision to `audit` (see [`crate::audit`]).
+    pub fn with_audit(mut self, audit: Option<crate::audit::Sink>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Answers one request. Never fails: errors become short plain-text responses.

@@ -59,6 +59,8 @@ pub struct Live {
     certs: Option<Arc<CertStore>>,
     /// Every finished reload attempt, numbered, for whoever waits on one (tests, tools).
     status: watch::Sender<(u64, ReloadResult)>,
+    /// The audit log, when on: each reload that changes the policy or fails is recorded.
+    audit: std::sync::OnceLock<crate::audit::Sink>,
 }
 
 impl Live {
@@ -91,7 +93,35 @@ impl Live {
             metrics,
             certs,
             status: watch::channel((0, ReloadResult::Unchanged)).0,
+            audit: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records reloads in the audit log from now on (set once, at start).
+    pub fn set_audit(&self, sink: crate::audit::Sink) {
+        let _ = self.audit.set(sink);
+    }
+
+    /// Hands a reload to the audit log: `success` (the generation and digest now serving) or
+    /// `error` (the first error; the last good registry keeps serving). An unchanged reload (the
+    /// periodic poll) is not recorded.
+    fn audit_reload(&self, result: &ReloadResult) {
+        let Some(sink) = self.audit.get() else {
+            return;
+        };
+        let (result, error) = match result {
+            ReloadResult::Success(_) => ("success", None),
+            ReloadResult::Error(errors) => ("error", errors.first().map(ToString::to_string)),
+            ReloadResult::Unchanged => return,
+        };
+        let snapshot = self.current.load();
+        sink.record(crate::audit::Event::Reload(crate::audit::ReloadFacts {
+            time_ms: crate::unix_now_ms(),
+            generation: snapshot.generation,
+            registry_digest: snapshot.registry.digest.clone(),
+            result,
+            error,
+        }));
     }
 
     /// The certificate store, when the https listener is on.
@@ -165,6 +195,7 @@ impl Live {
             (true, None) => ReloadResult::Unchanged,
         };
         self.record(&result);
+        self.audit_reload(&result);
         self.status.send_modify(|(n, r)| {
             *n += 1;
             *r = result.clone();
@@ -192,7 +223,9 @@ impl Live {
         if self.current.load().registry.digest == registry.digest {
             return ReloadResult::Unchanged;
         }
-        ReloadResult::Success(self.swap(registry))
+        let result = ReloadResult::Success(self.swap(registry));
+        self.audit_reload(&result);
+        result
     }
 
     fn record(&self, result: &ReloadResult) {

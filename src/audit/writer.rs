@@ -1,0 +1,834 @@
+//! The audit writer: a bounded queue from the request path to one thread that seals and appends.
+//!
+//! The request path calls [`Sink::record`], which never blocks: a full queue counts the record as
+//! lost (`consent_gateway_audit_lost_total`) and the writer records the loss as its next record.
+//! The writer thread stamps (`seq`, `replica`), serializes, seals and appends in batches (one
+//! `write` for whatever is queued), rotates by size, and never lets an I/O error reach a request:
+//! a failed write is logged (at most every [`ERROR_LOG_EVERY`]), counted
+//! (`consent_gateway_audit_write_errors_total`), cut back out of the file so the chain stays
+//! whole, and its records counted as lost. A file that cannot be opened is retried every second.
+//!
+//! The chain's anchor is found at the first open: the hash of the last whole record of the file
+//! (or of `<path>.1` when the file is new after a rotation), else a random value, logged.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::record::{
+    canonical_event, canonical_loss, canonical_start, hex, seal, sha256_hex, unseal, Event,
+    LossFacts, Stamp, StartFacts,
+};
+use crate::config::{AuditConfig, AuditPath};
+use crate::metrics::Metrics;
+
+/// Least time between two error log lines about the same trouble.
+pub const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Time between attempts to open a file that would not open (or to repair one after an error).
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// A batch is written once it is this large, even with more records queued.
+const BATCH_BYTES: usize = 256 << 10;
+/// How far back from the end of a file the last whole record is looked for.
+const TAIL_BYTES: u64 = 1 << 20;
+/// How long the writer sleeps waiting for records before it records pending losses.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+enum Msg {
+    Event(Event),
+    /// Write everything queued before it, then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
+    /// Write everything queued, then stop.
+    Stop,
+}
+
+struct Shared {
+    tx: SyncSender<Msg>,
+    /// Records dropped because the queue was full, not yet told in a `loss` record.
+    queue_lost: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// The request path's and the reloader's handle: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct Sink {
+    shared: Arc<Shared>,
+}
+
+impl Sink {
+    /// Queues a record; when the queue is full it is counted as lost instead.
+    pub fn record(&self, event: Event) {
+        if self.shared.tx.try_send(Msg::Event(event)).is_err() {
+            self.shared.queue_lost.fetch_add(1, Ordering::Relaxed);
+            self.shared.metrics.audit_lost.inc();
+        }
+    }
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("audit::Sink")
+    }
+}
+
+/// Makes the writer wait (a test hook: a writer stuck on a slow disk, without one).
+#[derive(Default)]
+struct Hold {
+    held: Mutex<bool>,
+    released: Condvar,
+}
+
+impl Hold {
+    fn wait(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while *held {
+            held = self.released.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn set(&self, on: bool) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = on;
+        self.released.notify_all();
+    }
+}
+
+/// While alive, the writer takes nothing more from the queue. See [`Audit::hold_writer`].
+pub struct HoldGuard(Arc<Hold>);
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+/// The running audit log: its writer thread and the handle to stop it.
+pub struct Audit {
+    sink: Sink,
+    hold: Arc<Hold>,
+    done: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Audit {
+    /// Starts the writer thread. The first record it writes is `start`, naming the registry
+    /// serving (`generation`, `registry_digest`). Only a failure to spawn the thread is an error:
+    /// a file that cannot be opened is logged and retried.
+    pub fn start(
+        config: &AuditConfig,
+        metrics: Arc<Metrics>,
+        generation: u64,
+        registry_digest: &str,
+    ) -> std::io::Result<Audit> {
+        let (tx, rx) = sync_channel(config.queue);
+        let shared = Arc::new(Shared {
+            tx,
+            queue_lost: AtomicU64::new(0),
+            metrics,
+        });
+        let hold = Arc::new(Hold::default());
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let out = match &config.path {
+            AuditPath::Stdout => Output::Stdout,
+            AuditPath::File(path) => Output::File(FileOut {
+                path: path.clone(),
+                max_bytes: config.max_bytes,
+                keep: config.keep,
+                file: None,
+                len: 0,
+                dirty: false,
+                retry_at: None,
+                rotate_retry_at: None,
+            }),
+        };
+        let writer = Writer {
+            out,
+            replica: replica(),
+            seq: 0,
+            prev: None,
+            start: Some(StartFacts {
+                version: env!("CARGO_PKG_VERSION"),
+                generation,
+                registry_digest: registry_digest.to_owned(),
+            }),
+            loss: LossFacts {
+                lost: 0,
+                queue_full: 0,
+                write_error: 0,
+            },
+            shared: Arc::clone(&shared),
+            batch: Batch::default(),
+            last_error_log: None,
+        };
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let thread_hold = Arc::clone(&hold);
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || writer.run(&rx, &thread_hold));
+                let _ = done_tx.send(());
+            })?;
+        Ok(Audit {
+            sink: Sink { shared },
+            hold,
+            done: Some(done),
+        })
+    }
+
+    /// A handle for the request path.
+    pub fn sink(&self) -> Sink {
+        self.sink.clone()
+    }
+
+    /// Waits until every record queued before this call is written (or has failed).
+    pub async fn flush(&self) {
+        let (ack, written) = tokio::sync::oneshot::channel();
+        let tx = self.sink.shared.tx.clone();
+        let sent = tokio::task::spawn_blocking(move || tx.send(Msg::Flush(ack)).is_ok()).await;
+        if matches!(sent, Ok(true)) {
+            let _ = written.await;
+        }
+    }
+
+    /// Test hook: the writer takes nothing more from the queue until the guard is dropped (as a
+    /// writer stuck on a slow disk would), so that the queue fills.
+    #[doc(hidden)]
+    pub fn hold_writer(&self) -> HoldGuard {
+        self.hold.set(true);
+        HoldGuard(Arc::clone(&self.hold))
+    }
+
+    /// Drains the queue and stops the writer, waiting until `deadline` at most. Returns whether
+    /// everything queued was written in time.
+    pub async fn close(mut self, deadline: tokio::time::Instant) -> bool {
+        let tx = self.sink.shared.tx.clone();
+        let stop = tokio::task::spawn_blocking(move || {
+            let _ = tx.send(Msg::Stop);
+        });
+        let Some(done) = self.done.take() else {
+            return true;
+        };
+        let drained = tokio::time::timeout_at(deadline, async {
+            let _ = stop.await;
+            let _ = done.await;
+        })
+        .await
+        .is_ok();
+        if !drained {
+            tracing::error!("audit log: the queue was not drained within shutdown_grace; records still queued are lost");
+        }
+        drained
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        // Not closed (a test or an error path): stop the writer without waiting.
+        if self.done.is_some() {
+            let _ = self.sink.shared.tx.try_send(Msg::Stop);
+        }
+    }
+}
+
+/// The name of this machine or pod (Kubernetes sets a pod's host name to its name).
+fn replica() -> String {
+    let from_file = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    from_file("/proc/sys/kernel/hostname")
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .or_else(|| from_file("/etc/hostname"))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+use crate::unix_now_ms as now_ms;
+
+/// A random anchor for a new chain.
+fn random_anchor() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    match ring::rand::SystemRandom::new().fill(&mut bytes) {
+        Ok(()) => hex(&bytes),
+        Err(_) => {
+            // No system randomness: still unique per process and time, if guessable.
+            tracing::warn!(
+                "audit log: no system random source; the anchor is derived from the time and pid"
+            );
+            let seed = format!(
+                "{}-{}-{:?}",
+                std::process::id(),
+                now_ms(),
+                std::time::Instant::now()
+            );
+            sha256_hex(seed.as_bytes())
+        }
+    }
+}
+
+enum Output {
+    Stdout,
+    File(FileOut),
+}
+
+struct FileOut {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: u32,
+    file: Option<File>,
+    /// Bytes of whole records in the file: what a failed write is cut back to.
+    len: u64,
+    /// A write failed and may have left part of a batch in the file.
+    dirty: bool,
+    /// No open or repair is tried before this.
+    retry_at: Option<Instant>,
+    /// No rotation is tried before this (a rename that failed).
+    rotate_retry_at: Option<Instant>,
+}
+
+fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+/// The end of a log file: the hash of its last whole record, and whether a torn line follows it.
+struct Tail {
+    hash: Option<String>,
+    torn: bool,
+}
+
+fn read_tail(path: &Path) -> std::io::Result<Option<Tail>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    let from = len.saturating_sub(TAIL_BYTES);
+    f.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    f.take(TAIL_BYTES).read_to_end(&mut buf)?;
+    let torn = buf.last() != Some(&b'\n');
+    let whole = match buf.iter().rposition(|&b| b == b'\n') {
+        Some(end) => &buf[..end],
+        None => &[][..],
+    };
+    let line = match whole.iter().rposition(|&b| b == b'\n') {
+        Some(start) => &whole[start + 1..],
+        None if from == 0 => whole,
+        None => &[][..],
+    };
+    let hash = unseal(line).map(|s| {
+        if !s.intact() {
+            tracing::warn!(file = %path.display(), "audit log: the last record of the file does not verify; the chain goes on from it and `audit verify` will name it");
+        }
+        s.hash.to_owned()
+    });
+    Ok(Some(Tail { hash, torn }))
+}
+
+/// Records sealed but not yet written.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// Event records in it.
+    events: u64,
+    /// The hash of its last record.
+    tip: Option<String>,
+    /// It holds the start record.
+    start: Option<StartFacts>,
+    /// The losses its loss records tell.
+    loss: Option<LossFacts>,
+}
+
+struct Writer {
+    out: Output,
+    replica: String,
+    /// The last `seq` given.
+    seq: u64,
+    /// The hash of the last record written: the next record's `prev`. `None` until the log has
+    /// been opened and its anchor found.
+    prev: Option<String>,
+    /// The start record, until written.
+    start: Option<StartFacts>,
+    /// Losses not yet told in a loss record (queue-full ones are taken from `shared`).
+    loss: LossFacts,
+    shared: Arc<Shared>,
+    batch: Batch,
+    last_error_log: Option<Instant>,
+}
+
+impl Writer {
+    fn run(mut self, rx: &Receiver<Msg>, hold: &Hold) {
+        // The start record goes out now, not with the first event.
+        if self.ready() {
+            self.emit_pending();
+            self.commit();
+        }
+        loop {
+            let msg = match rx.recv_timeout(IDLE_TICK) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    // Idle: the start record if the log would not open before, and losses that
+                    // happened since the last record.
+                    if (self.start.is_some() || self.has_losses()) && self.ready() {
+                        self.emit_pending();
+                        self.commit();
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            hold.wait();
+            let mut stop = self.handle(msg);
+            while !stop {
+                match rx.try_recv() {
+                    Ok(m) => stop = self.handle(m),
+                    Err(_) => break,
+                }
+            }
+            self.commit();
+            if stop {
+                while let Ok(m) = rx.try_recv() {
+                    self.handle(m);
+                }
+                self.commit();
+                break;
+            }
+        }
+        self.close();
+    }
+
+    /// Handles one message; true to stop.
+    fn handle(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Event(e) => {
+                if !self.ready() {
+                    self.loss.write_error += 1;
+                    self.loss.lost += 1;
+                    self.shared.metrics.audit_lost.inc();
+                    return false;
+                }
+                self.emit_pending();
+                let seq = self.next_seq();
+                let c = canonical_event(
+                    Stamp {
+                        seq,
+                        time_ms: e.time_ms(),
+                        replica: &self.replica,
+                    },
+                    &e,
+                );
+                self.append(&c);
+                self.batch.events += 1;
+                if self.batch.bytes.len() >= BATCH_BYTES {
+                    self.commit();
+                }
+                false
+            }
+            Msg::Flush(ack) => {
+                if self.has_losses() && self.ready() {
+                    self.emit_pending();
+                }
+                self.commit();
+                let _ = ack.send(());
+                false
+            }
+            Msg::Stop => true,
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn has_losses(&self) -> bool {
+        self.loss.lost > 0 || self.shared.queue_lost.load(Ordering::Relaxed) > 0
+    }
+
+    /// The start record (once) and a loss record (when records were lost) go before the next
+    /// record.
+    fn emit_pending(&mut self) {
+        if let Some(start) = self.start.take() {
+            let seq = self.next_seq();
+            let c = canonical_start(
+                Stamp {
+                    seq,
+                    time_ms: now_ms(),
+                    replica: &self.replica,
+                },
+                &start,
+            );
+            self.append(&c);
+            self.batch.start = Some(start);
+        }
+        let queue_full = self.shared.queue_lost.swap(0, Ordering::Relaxed);
+        let mut loss = std::mem::replace(
+            &mut self.loss,
+            LossFacts {
+                lost: 0,
+                queue_full: 0,
+                write_error: 0,
+            },
+        );
+        loss.queue_full += queue_full;
+        loss.lost += queue_full;
+        if loss.lost > 0 {
+            let seq = self.next_seq();
+            let c = canonical_loss(
+                Stamp {
+                    seq,
+                    time_ms: now_ms(),
+                    replica: &self.replica,
+                },
+                &loss,
+            );
+            self.append(&c);
+            let told = self.batch.loss.get_or_insert(LossFacts {
+                lost: 0,
+                queue_full: 0,
+                write_error: 0,
+            });
+            told.lost += loss.lost;
+            told.queue_full += loss.queue_full;
+            told.write_error += loss.write_error;
+        }
+    }
+
+    /// Seals a record onto the batch, rotating first when it would take the file past
+    /// `max_bytes`. Call only when [`Writer::ready`].
+    fn append(&mut self, canonical: &[u8]) {
+        let Some(prev) = self.batch.tip.as_deref().or(self.prev.as_deref()) else {
+            return;
+        };
+        let (hash, line) = seal(prev, canonical);
+        if let Output::File(f) = &self.out {
+            let size = f.len + self.batch.bytes.len() as u64;
+            let due = f.rotate_retry_at.map_or(true, |t| Instant::now() >= t);
+            if size > 0 && size + line.len() as u64 > f.max_bytes && due {
+                self.commit();
+                self.rotate();
+            }
+        }
+        self.batch.bytes.extend_from_slice(&line);
+        self.batch.tip = Some(hash);
+    }
+
+    /// Whether the log is open and its chain anchored; opens (or repairs) it when due.
+    fn ready(&mut self) -> bool {
+        let Output::File(f) = &mut self.out else {
+            if self.prev.is_none() {
+                let anchor = random_anchor();
+                tracing::info!(anchor = %anchor, "audit log on standard output: new chain anchored at a random value");
+                self.prev = Some(anchor);
+            }
+            return true;
+        };
+        if f.file.is_some() && !f.dirty {
+            return true;
+        }
+        if f.retry_at.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        let result = if f.file.is_none() {
+            Self::open(f, &mut self.prev)
+        } else {
+            // Cut back what a failed write may have left, so the chain stays whole.
+            match f.file.as_ref().map(|file| file.set_len(f.len)) {
+                Some(Err(e)) => Err(e),
+                _ => {
+                    f.dirty = false;
+                    Ok(())
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                f.retry_at = None;
+                true
+            }
+            Err(e) => {
+                f.retry_at = Some(Instant::now() + RETRY_EVERY);
+                let path = f.path.display().to_string();
+                self.error(&path, "cannot open the audit log", &e);
+                false
+            }
+        }
+    }
+
+    /// Opens the file; on the first open, finds the chain's anchor.
+    fn open(f: &mut FileOut, prev: &mut Option<String>) -> std::io::Result<()> {
+        if prev.is_none() {
+            let tail = match read_tail(&f.path)? {
+                Some(t) => Some((t, f.path.clone())),
+                None if f.keep > 0 => {
+                    let older = rotated(&f.path, 1);
+                    read_tail(&older)?.map(|t| (t, older))
+                }
+                None => None,
+            };
+            let mut file = open_append(&f.path)?;
+            f.len = file.metadata()?.len();
+            if tail.as_ref().is_some_and(|(t, p)| t.torn && *p == f.path) {
+                // The last process stopped mid-line: end that line, go on after the last whole
+                // record (`audit verify` accepts a torn line followed by a start record).
+                file.write_all(b"\n")?;
+                f.len += 1;
+                tracing::warn!(file = %f.path.display(), "audit log ended in a torn line (the gateway stopped while writing it); the chain goes on from the last whole record");
+            }
+            let (anchor, from) = match tail.and_then(|(t, p)| t.hash.map(|h| (h, p))) {
+                Some((h, p)) => (h, p.display().to_string()),
+                None => (random_anchor(), "a random value (new log)".to_owned()),
+            };
+            tracing::info!(file = %f.path.display(), anchor = %anchor, from = %from, "audit log: chain anchored");
+            *prev = Some(anchor);
+            f.file = Some(file);
+        } else {
+            let file = open_append(&f.path)?;
+            f.len = file.metadata()?.len();
+            f.file = Some(file);
+        }
+        f.dirty = false;
+        Ok(())
+    }
+
+    /// Renames `path` to `path.1` (shifting older ones up to `path.<keep>`) and opens a new file.
+    fn rotate(&mut self) {
+        let Output::File(f) = &mut self.out else {
+            return;
+        };
+        if let Some(file) = f.file.take() {
+            // The rotated file is complete on disk before the new one starts.
+            let _ = file.sync_data();
+        }
+        let shifted = (|| -> std::io::Result<()> {
+            if f.keep == 0 {
+                return std::fs::remove_file(&f.path);
+            }
+            for n in (1..f.keep).rev() {
+                match std::fs::rename(rotated(&f.path, n), rotated(&f.path, n + 1)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            std::fs::rename(&f.path, rotated(&f.path, 1))
+        })();
+        let path = f.path.display().to_string();
+        match shifted {
+            Ok(()) => {
+                f.rotate_retry_at = None;
+                tracing::info!(file = %path, last_hash = %self.prev.as_deref().unwrap_or(""), "audit log rotated");
+            }
+            Err(e) => {
+                f.rotate_retry_at = Some(Instant::now() + ERROR_LOG_EVERY);
+                self.error(&path, "cannot rotate the audit log (writing on to it)", &e);
+            }
+        }
+        let Output::File(f) = &mut self.out else {
+            return;
+        };
+        match open_append(&f.path).and_then(|file| Ok((file.metadata()?.len(), file))) {
+            Ok((len, file)) => {
+                f.len = len;
+                f.file = Some(file);
+                f.dirty = false;
+            }
+            Err(e) => {
+                f.retry_at = Some(Instant::now() + RETRY_EVERY);
+                let path = f.path.display().to_string();
+                self.error(&path, "cannot open the audit log after rotating it", &e);
+            }
+        }
+    }
+
+    /// Writes the batch. On failure its records are lost (counted, and told in the next loss
+    /// record; their `seq`s leave a gap) and the chain goes on from the last record written.
+    fn commit(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        if batch.bytes.is_empty() {
+            return;
+        }
+        let written = match &mut self.out {
+            Output::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&batch.bytes).and_then(|()| out.flush())
+            }
+            Output::File(f) => match f.file.as_mut() {
+                None => Err(std::io::Error::other("the audit log is not open")),
+                Some(file) => match file.write_all(&batch.bytes) {
+                    Ok(()) => {
+                        f.len += batch.bytes.len() as u64;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        f.dirty = true;
+                        f.retry_at = Some(Instant::now() + RETRY_EVERY);
+                        Err(e)
+                    }
+                },
+            },
+        };
+        match written {
+            Ok(()) => {
+                self.prev = batch.tip;
+                let records = batch.events
+                    + u64::from(batch.start.is_some())
+                    + u64::from(batch.loss.is_some());
+                self.shared.metrics.audit_records.inc_by(records);
+            }
+            Err(e) => {
+                // Told again: the start record, and the losses the failed loss record held.
+                if self.start.is_none() {
+                    self.start = batch.start;
+                }
+                if let Some(l) = batch.loss {
+                    self.loss.lost += l.lost;
+                    self.loss.queue_full += l.queue_full;
+                    self.loss.write_error += l.write_error;
+                }
+                self.loss.lost += batch.events;
+                self.loss.write_error += batch.events;
+                self.shared.metrics.audit_lost.inc_by(batch.events);
+                let path = match &self.out {
+                    Output::Stdout => "stdout".to_owned(),
+                    Output::File(f) => f.path.display().to_string(),
+                };
+                self.error(&path, "cannot write the audit log", &e);
+            }
+        }
+    }
+
+    /// Counts an I/O error; logs it unless one was logged within [`ERROR_LOG_EVERY`].
+    fn error(&mut self, path: &str, what: &str, e: &std::io::Error) {
+        self.shared.metrics.audit_write_errors.inc();
+        let now = Instant::now();
+        if self
+            .last_error_log
+            .map_or(true, |t| now.duration_since(t) >= ERROR_LOG_EVERY)
+        {
+            self.last_error_log = Some(now);
+            tracing::error!(
+                file = path,
+                error = %e,
+                lost = self.shared.metrics.audit_lost.get(),
+                "{what}: records are counted as lost; requests are served as usual"
+            );
+        }
+    }
+
+    fn close(&mut self) {
+        if let Output::File(f) = &mut self.out {
+            if let Some(file) = f.file.take() {
+                let _ = file.sync_data();
+            }
+        }
+        tracing::info!(last_hash = %self.prev.as_deref().unwrap_or(""), seq = self.seq, "audit log closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::ReloadFacts;
+    use crate::audit::verify::verify_bytes;
+
+    fn config(path: PathBuf, max_bytes: u64, keep: u32) -> AuditConfig {
+        AuditConfig {
+            path: AuditPath::File(path),
+            max_bytes,
+            keep,
+            queue: 64,
+        }
+    }
+
+    fn reload(n: u64) -> Event {
+        Event::Reload(ReloadFacts {
+            time_ms: now_ms(),
+            generation: n,
+            registry_digest: "d".repeat(64),
+            result: "success",
+            error: None,
+        })
+    }
+
+    fn read(p: &Path) -> Vec<u8> {
+        std::fs::read(p).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_the_chain_and_keep_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let metrics = Arc::new(Metrics::new());
+        let audit = Audit::start(&config(path.clone(), 1024, 2), metrics.clone(), 1, "x").unwrap();
+        for n in 0..40 {
+            audit.sink().record(reload(n));
+        }
+        audit.flush().await;
+        assert!(
+            audit
+                .close(tokio::time::Instant::now() + Duration::from_secs(10))
+                .await
+        );
+        let files = [rotated(&path, 2), rotated(&path, 1), path.clone()];
+        assert!(!rotated(&path, 3).exists());
+        let bytes: Vec<Vec<u8>> = files.iter().map(|p| read(p)).collect();
+        for b in &bytes {
+            assert!(b.len() as u64 <= 1024, "a file over max_bytes: {}", b.len());
+        }
+        let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        let r = verify_bytes(
+            names
+                .iter()
+                .map(String::as_str)
+                .zip(bytes.iter().map(Vec::as_slice)),
+        )
+        .unwrap();
+        assert!(r.records > 0 && r.lost == 0, "{r:?}");
+        assert_eq!(metrics.audit_records.get(), 41);
+    }
+
+    #[tokio::test]
+    async fn a_restart_continues_the_chain_and_a_torn_tail_is_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let metrics = Arc::new(Metrics::new());
+        for round in 0..3 {
+            let audit =
+                Audit::start(&config(path.clone(), 1 << 20, 1), metrics.clone(), 1, "x").unwrap();
+            audit.sink().record(reload(round));
+            audit.flush().await;
+            audit
+                .close(tokio::time::Instant::now() + Duration::from_secs(10))
+                .await;
+            if round == 1 {
+                // A crash mid-line.
+                let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+                f.write_all(b"{\"audit\":1,\"seq\":3,\"tim").unwrap();
+            }
+        }
+        let bytes = read(&path);
+        let r = verify_bytes([("audit.jsonl", &bytes[..])]).unwrap();
+        assert_eq!(r.starts, 3);
+        assert_eq!(r.records, 6);
+        assert_eq!(r.torn.len(), 1);
+        assert_eq!(r.torn[0].line, 5);
+    }
+}
