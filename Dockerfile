@@ -14,6 +14,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+# The cookie knowledge base compiled into the binary (include_str!).
+COPY data/knowledge-base.tsv ./data/knowledge-base.tsv
 RUN cargo build --release --locked \
     && install -D -m 0755 target/release/consent-gateway /out/consent-gateway
 

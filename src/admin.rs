@@ -1,4 +1,5 @@
-//! The admin endpoint: `/healthz`, `/readyz`, `/metrics`, `/registry`, `/policy/{host}`.
+//! The admin endpoint: `/healthz`, `/readyz`, `/metrics`, `/registry`, `/policy/{host}`,
+//! `/inventory` and `/inventory/{host}`.
 //!
 //! Served on its own listener, which stays up while the proxy listener drains. The listener
 //! serves [`MAX_CONNECTIONS`] connections in full; past that, connections are not refused but
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 use crate::body::ProxyBody;
 use crate::config::ConfigError;
+use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 use crate::policy_page;
 use crate::reload::Live;
@@ -34,6 +36,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// True once the registry is loaded and the listeners are bound; false while draining.
     pub ready: Arc<AtomicBool>,
+    /// The live cookie inventory.
+    pub inventory: Arc<Inventory>,
 }
 
 #[derive(Serialize)]
@@ -69,6 +73,9 @@ pub fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
             }
         }
         "/metrics" => {
+            state
+                .inventory
+                .update_metrics(&state.live.load().registry, &state.metrics);
             let mut r = Response::new(ProxyBody::full(state.metrics.encode()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -100,9 +107,14 @@ pub fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
             };
             json(&view)
         }
-        path => match path.strip_prefix("/policy/") {
-            Some(host) => policy(state, host, req.headers()),
-            None => text(StatusCode::NOT_FOUND, "404 not found\n"),
+        "/inventory" => json(&state.inventory.summary(&state.live.load().registry)),
+        path => match (
+            path.strip_prefix("/policy/"),
+            path.strip_prefix("/inventory/"),
+        ) {
+            (Some(host), _) => policy(state, host, req.headers()),
+            (_, Some(host)) => inventory(state, host, req.headers()),
+            _ => text(StatusCode::NOT_FOUND, "404 not found\n"),
         },
     }
 }
@@ -173,4 +185,44 @@ fn json<T: Serialize>(v: &T) -> Response<ProxyBody> {
             "500 internal server error\n",
         ),
     }
+}
+
+/// `/inventory/{host}`: the cookie inventory of the registry file serving `host`, judged by the
+/// snapshot serving now. JSON, or HTML when `Accept` prefers `text/html` (a browser).
+fn inventory(state: &AdminState, host: &str, headers: &http::HeaderMap) -> Response<ProxyBody> {
+    let snap = state.live.load();
+    let Some(p) = (!host.is_empty() && !host.contains('/'))
+        .then(|| snap.registry.lookup(host.as_bytes()))
+        .flatten()
+    else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "404 no registry file names this host\n",
+        );
+    };
+    let view = state.inventory.host_view(host, p);
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let mut r = if crate::inventory::page::wants_html(accept) {
+        let mut r = Response::new(ProxyBody::full(crate::inventory::page::html(&view)));
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+        );
+        r
+    } else {
+        json(&view)
+    };
+    let h = r.headers_mut();
+    h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
 }

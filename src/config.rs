@@ -130,6 +130,8 @@ struct RawGateway {
     #[serde(default)]
     proxy: RawProxy,
     audit: Option<Spanned<RawAudit>>,
+    #[serde(default)]
+    inventory: RawInventory,
 }
 
 #[derive(Deserialize)]
@@ -191,6 +193,34 @@ struct RawProxy {
     #[serde(default)]
     reuse_port: Option<bool>,
 }
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    max_names_per_host: Option<Spanned<i64>>,
+    knowledge_base: Option<bool>,
+}
+
+/// `[inventory]`: the live cookie inventory (`/inventory`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryConfig {
+    /// Distinct cookie names remembered per registry file; 0 turns the inventory off.
+    pub max_names_per_host: usize,
+    /// Suggest categories for unregistered names from the bundled knowledge base.
+    pub knowledge_base: bool,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        InventoryConfig {
+            max_names_per_host: 1000,
+            knowledge_base: true,
+        }
+    }
+}
+
+/// The largest `[inventory] max_names_per_host`.
+pub const MAX_INVENTORY_NAMES: i64 = 1_000_000;
 
 /// The most proxy worker threads `[proxy] workers` may ask for.
 pub const MAX_WORKERS: u32 = 1024;
@@ -325,6 +355,8 @@ pub struct GatewayConfig {
     /// (`SO_REUSEPORT`) instead of one shared socket.
     pub reuse_port: bool,
     /// `[audit]`: the audit log, when configured.
+    /// `[inventory]`.
+    pub inventory: InventoryConfig,
     pub audit: Option<AuditConfig>,
 }
 
@@ -591,6 +623,19 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         .audit
         .as_ref()
         .and_then(|a| parse_audit(&src, &base, a.get_ref(), &mut errors));
+    let mut inventory = InventoryConfig::default();
+    if let Some(v) = &raw.inventory.max_names_per_host {
+        match usize::try_from(*v.get_ref()) {
+            Ok(n) if *v.get_ref() <= MAX_INVENTORY_NAMES => inventory.max_names_per_host = n,
+            _ => errors.push(src.error(
+                v.span(),
+                format!("inventory.max_names_per_host: must be 0 (off) to {MAX_INVENTORY_NAMES}"),
+            )),
+        }
+    }
+    if let Some(kb) = raw.inventory.knowledge_base {
+        inventory.knowledge_base = kb;
+    }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -608,6 +653,7 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         workers,
         reuse_port: raw.proxy.reuse_port.unwrap_or(true),
         audit,
+        inventory,
     })
 }
 
@@ -742,7 +788,7 @@ impl<'de> Deserialize<'de> for Keys {
 }
 
 /// RFC 6265 `token`: visible ASCII except separators.
-fn is_cookie_name(s: &str) -> bool {
+pub(crate) fn is_cookie_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
@@ -1646,6 +1692,14 @@ mod tests {
                 "[listen]\nhttp = \"127.0.0.1:1\"\n[audit]\nfile = \"a.jsonl\"\n",
                 "config/gateway.toml:4:1: unknown field `file`",
             ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[inventory]\nmax_names_per_host = -1\n",
+                "config/gateway.toml:4:22: inventory.max_names_per_host: must be 0 (off) to 1000000",
+            ),
+            (
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[inventory]\nknowledge = true\n",
+                "config/gateway.toml:4:1: unknown field `knowledge`",
+            ),
         ];
         for (text, want) in cases {
             let e = gw_err(text);
@@ -1715,5 +1769,25 @@ mod tests {
         ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn inventory_is_on_by_default_and_zero_turns_it_off() {
+        let on = parse_gateway(Path::new("g.toml"), "[listen]\nhttp = \"127.0.0.1:1\"\n").unwrap();
+        assert_eq!(on.inventory, InventoryConfig::default());
+        assert_eq!(on.inventory.max_names_per_host, 1000);
+        assert!(on.inventory.knowledge_base);
+        let off = parse_gateway(
+            Path::new("g.toml"),
+            "[listen]\nhttp = \"127.0.0.1:1\"\n[inventory]\nmax_names_per_host = 0\nknowledge_base = false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            off.inventory,
+            InventoryConfig {
+                max_names_per_host: 0,
+                knowledge_base: false
+            }
+        );
     }
 }

@@ -390,6 +390,7 @@ pub async fn start(port: u16) -> Result<Demo, crate::gateway::StartError> {
         workers: 1,
         reuse_port: false,
         audit: None,
+        inventory: crate::config::InventoryConfig::default(),
     };
     let gateway = match Gateway::start(&config, registry.clone()).await {
         Ok(g) => g,

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::config::{ConfigError, GatewayConfig};
+use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::registry::Registry;
@@ -37,6 +38,8 @@ pub struct Gateway {
     pub admin_addr: Option<SocketAddr>,
     pub live: Arc<Live>,
     pub metrics: Arc<Metrics>,
+    /// The live cookie inventory (`/inventory`).
+    pub inventory: Arc<Inventory>,
     ready: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     admin_shutdown: watch::Sender<bool>,
@@ -104,6 +107,7 @@ struct WorkerShared {
     limits: crate::config::Limits,
     trusted_proxies: Vec<crate::config::Cidr>,
     permits: Arc<Semaphore>,
+    inventory: Arc<Inventory>,
     shutdown: watch::Receiver<bool>,
     /// The audit log's queue, with `[audit]`.
     audit: Option<crate::audit::Sink>,
@@ -179,6 +183,7 @@ impl Worker {
                     shared.limits.clone(),
                     shared.trusted_proxies.clone(),
                     l.scheme,
+                    &shared.inventory,
                 )
                 .with_audit(shared.audit.clone()),
             );
@@ -223,6 +228,7 @@ impl Gateway {
     /// serving `registry`.
     pub async fn start(config: &GatewayConfig, registry: Registry) -> Result<Gateway, StartError> {
         let metrics = Arc::new(Metrics::new());
+        let inventory = Arc::new(Inventory::new(config.inventory.clone()));
         let certs = match &config.tls {
             Some(t) => {
                 let set = tls::load_certs(&t.certs_dir, t.default_cert.as_deref())
@@ -315,6 +321,7 @@ impl Gateway {
                     limits: config.limits.clone(),
                     trusted_proxies: config.trusted_proxies.clone(),
                     permits: Arc::clone(&permits),
+                    inventory: Arc::clone(&inventory),
                     shutdown: shutdown_rx.clone(),
                     audit: audit.as_ref().map(crate::audit::Audit::sink),
                     n: u32::try_from(n).unwrap_or(u32::MAX),
@@ -332,6 +339,7 @@ impl Gateway {
                 live: Arc::clone(&live),
                 metrics: Arc::clone(&metrics),
                 ready: Arc::clone(&ready),
+                inventory: Arc::clone(&inventory),
             });
             let handler = move |req: http::Request<hyper::body::Incoming>, _peer| {
                 let state = Arc::clone(&state);
@@ -376,6 +384,7 @@ impl Gateway {
             admin_addr,
             live,
             metrics,
+            inventory,
             ready,
             shutdown,
             admin_shutdown,

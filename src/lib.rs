@@ -14,6 +14,8 @@
 //! - [`import`]: `import-policy`: a cookie-policy page read into a registry file.
 //! - [`audit`]: the tamper-evident audit log: records, their hash chain, `audit verify`, and its
 //!   writer thread (the one I/O part, fed by a bounded queue that never blocks a request).
+//! - [`inventory`]: the live cookie inventory (per-worker shards), the bundled cookie knowledge
+//!   base, `/inventory/{host}` as HTML, and `suggest` (its I/O part reads other gateways).
 //!
 //! Edges and I/O:
 //! - [`config`]: the config files, parsed and compiled into a registry; `file:line:col` errors.
@@ -23,7 +25,7 @@
 //! - [`hardening`]: request smuggling checks hyper does not make (raw request heads judged).
 //! - [`proxy`]: one request from the client to the upstream and back (read this first).
 //! - [`server`]: accept loop, connection limit, graceful drain.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/registry`, `/policy/{host}`.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/registry`, `/policy/{host}`, `/inventory`.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`reload`]: the live registry handle and reloads.
 //! - [`gateway`]: listeners bound and everything started; what `main`, the demo and tests run.
@@ -44,6 +46,7 @@ pub mod gateway;
 pub mod hardening;
 pub mod host;
 pub mod import;
+pub mod inventory;
 pub mod metrics;
 pub mod policy;
 pub mod policy_page;

@@ -56,6 +56,17 @@ enum Command {
         #[arg(long)]
         host: String,
     },
+    /// Read /inventory from running gateways and print [[cookie]] entries, to review, for the
+    /// cookie names their registries do not list.
+    Suggest {
+        /// Admin URL of a gateway (http://HOST:PORT); several, comma-separated or repeated, are
+        /// merged (replicas).
+        #[arg(long, value_delimiter = ',', required = true)]
+        admin: Vec<String>,
+        /// Only this host (its registry file); default: every host.
+        #[arg(long)]
+        host: Option<String>,
+    },
     /// Show, for each Set-Cookie, whether the proxy keeps or drops it and why.
     Explain {
         #[arg(long, default_value = "config/gateway.toml")]
@@ -103,6 +114,7 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => check(&config),
         Command::ImportPolicy { file, host } => import_policy(&file, &host),
+        Command::Suggest { admin, host } => suggest(&admin, host.as_deref()),
         Command::Explain {
             config,
             host,
@@ -457,6 +469,26 @@ fn explain(
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn suggest(admin: &[String], host: Option<&str>) -> ExitCode {
+    use consent_gateway::inventory::suggest::{run, SuggestError};
+    let Some(rt) = runtime() else {
+        return ExitCode::from(1);
+    };
+    match rt.block_on(run(admin, host)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(match e {
+                SuggestError::Usage(_) => 2,
+                SuggestError::Fetch(_) => 1,
+            })
         }
     }
 }

@@ -94,6 +94,9 @@ pub struct Metrics {
     pub audit_write_errors: Counter,
     /// `consent_gateway_audit_records_total`: audit records written.
     pub audit_records: Counter,
+    /// `consent_gateway_inventory_unregistered{host}`: distinct unregistered cookie names seen
+    /// (set from the inventory when `/metrics` is read).
+    pub inventory_unregistered: Family<HostLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -205,12 +208,19 @@ impl Metrics {
             "Audit records written",
             audit_records.clone(),
         );
+        let inventory_unregistered = Family::<HostLabel, Gauge>::default();
+        registry.register(
+            "inventory_unregistered",
+            "Distinct cookie names seen that the host's registry does not list",
+            inventory_unregistered.clone(),
+        );
         Metrics {
             registry,
             audit_lost,
             audit_write_errors,
             audit_records,
             tls_cert_not_after,
+            inventory_unregistered,
             requests,
             duration,
             set_cookie,

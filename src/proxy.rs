@@ -20,6 +20,7 @@ use crate::body::{IdleBody, ProxyBody};
 use crate::config::{Cidr, Limits};
 use crate::error::ProxyError;
 use crate::filter::{add_vary_cookie, filter_response, strip_request, Summary};
+use crate::inventory::{Inventory, Shard};
 use crate::metrics::{CounterCache, HostKind, HostLabel, Metrics};
 use crate::policy::Verdict;
 use crate::registry::{HostPolicy, Mode};
@@ -44,6 +45,8 @@ pub struct Proxy {
     scheme: &'static str,
     /// The audit log's queue, with `[audit]`.
     audit: Option<crate::audit::Sink>,
+    /// This proxy's part of the cookie inventory; `None` when the inventory is off.
+    inventory: Option<Shard>,
 }
 
 /// What the access log says about one request.
@@ -127,6 +130,7 @@ impl Proxy {
         limits: Limits,
         trusted_proxies: Vec<Cidr>,
         scheme: &'static str,
+        inventory: &Arc<Inventory>,
     ) -> Self {
         Proxy {
             live,
@@ -137,6 +141,7 @@ impl Proxy {
             trusted_proxies,
             scheme,
             audit: None,
+            inventory: inventory.shard(),
         }
     }
 
@@ -265,6 +270,12 @@ impl Proxy {
 
         let downstream_version = req.version();
         let consent = crate::consent::from_request_headers(&policy.consent, req.headers());
+        if let Some(shard) = &self.inventory {
+            // Every name the browser sent, before the request side strips any.
+            shard
+                .recorder(policy, crate::unix_now())
+                .request_cookies(req.headers());
+        }
         let upgrade = requested_upgrade(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
@@ -360,6 +371,14 @@ impl Proxy {
         let now = crate::unix_now();
         let metrics = &self.metrics;
         let mut groups: Vec<((&str, &'static str), u64)> = Vec::with_capacity(4);
+        // The inventory sees every upstream Set-Cookie (attributes first, then each verdict).
+        let mut inventory = self.inventory.as_ref().map(|s| s.recorder(policy, now));
+        if let Some(rec) = inventory.as_mut() {
+            for v in parts.headers.get_all(header::SET_COOKIE) {
+                rec.set_cookie(v.as_bytes());
+            }
+        }
+        let no_consent = consent.source == crate::consent::Source::Missing;
         let (summary, purged) =
             filter_response(policy, &consent, &side, &mut parts.headers, now, |sc, d| {
                 // Counted per (category, verdict) once the response is filtered: a typical
@@ -368,6 +387,9 @@ impl Proxy {
                 match groups.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, n)) => *n += 1,
                     None => groups.push((key, 1)),
+                }
+                if let Some(rec) = inventory.as_mut() {
+                    rec.verdict(sc.name, d.verdict, no_consent);
                 }
                 match d.verdict {
                     Verdict::Keep => {}
@@ -390,6 +412,8 @@ impl Proxy {
                     ),
                 }
             });
+        // Releases this worker's inventory shard (never held across an await).
+        drop(inventory);
         for ((category, verdict), n) in groups {
             self.counters
                 .set_cookie(metrics, &policy.name, category, verdict, n);
