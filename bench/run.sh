@@ -13,6 +13,9 @@
 #   nginx-plain  127.0.0.1:18083  same nginx, plain proxy_pass (proxy overhead without filtering)
 #   haproxy-lua  127.0.0.1:18084  HAProxy + Lua action doing the consent job (second peer)
 #   gateway      127.0.0.1:18090  our gateway (release build of this repository, bench/gateway/ config)
+#   gateway-noinv 127.0.0.1:18092 the same gateway with the cookie inventory off ([inventory]
+#                max_names_per_host = 0); not in the default TARGETS: TARGETS="gateway gateway-noinv"
+#                measures the inventory's cost in one run (the ratio table compares the two)
 # Each target runs in its own processes, so that its peak RSS (VmHWM, nginx: master + workers) is its own.
 #
 # Environment knobs (defaults in brackets):
@@ -87,6 +90,8 @@ HAPROXY_LUA_PORT=$((PORT_BASE + 4))
 GATEWAY_PORT=$((PORT_BASE + 10))
 GATEWAY_ADMIN_PORT=$((PORT_BASE + 1010))
 GATEWAY_TLS_PORT=$((PORT_BASE + 11))
+GATEWAY_NOINV_PORT=$((PORT_BASE + 12))
+GATEWAY_NOINV_ADMIN_PORT=$((PORT_BASE + 1012))
 
 # cookies_preferences values: encodeURIComponent(JSON.stringify(...))
 CONSENT_ALL='%7B%22necessary%22%3Atrue%2C%22statistical%22%3Atrue%2C%22marketing%22%3Atrue%7D'
@@ -105,7 +110,11 @@ if [ -n "$GATEWAY_EXTERNAL" ] && ! [[ "$GATEWAY_EXTERNAL" =~ ^[^:]+:[0-9]+$ ]]; 
   die "gateway address must be HOST:PORT, got '$GATEWAY_EXTERNAL'"
 fi
 WANT_GATEWAY=0
-for t in $TARGETS; do [ "$t" = gateway ] && WANT_GATEWAY=1; done
+WANT_NOINV=0
+for t in $TARGETS; do
+  [ "$t" = gateway ] && WANT_GATEWAY=1
+  [ "$t" = gateway-noinv ] && WANT_GATEWAY=1 && WANT_NOINV=1
+done
 # The harness starts the gateway itself unless an address of a running one is given without GATEWAY_CMD.
 MANAGED_GATEWAY=0
 if { [ "$WANT_GATEWAY" = 1 ] || [ "$MEMORY" = 1 ]; } && { [ -z "$GATEWAY_EXTERNAL" ] || [ -n "${GATEWAY_CMD:-}" ]; }; then
@@ -220,6 +229,10 @@ cp "$BENCH_DIR/consent.js" "$RUN/conf/"
 mkdir -p "$RUN/gateway/hosts"
 ports_sed "$BENCH_DIR/gateway/gateway.toml" "$RUN/gateway/gateway.toml"
 for f in "$BENCH_DIR"/gateway/hosts/*.toml; do ports_sed "$f" "$RUN/gateway/hosts/$(basename "$f")"; done
+# The same gateway with the cookie inventory off, on its own ports (target gateway-noinv).
+sed -e "s/127\.0\.0\.1:$GATEWAY_PORT\"/127.0.0.1:$GATEWAY_NOINV_PORT\"/; s/127\.0\.0\.1:$GATEWAY_ADMIN_PORT\"/127.0.0.1:$GATEWAY_NOINV_ADMIN_PORT\"/" \
+  "$RUN/gateway/gateway.toml" > "$RUN/gateway/gateway-noinv.toml"
+printf '\n[inventory]\nmax_names_per_host = 0\n' >> "$RUN/gateway/gateway-noinv.toml"
 GATEWAY_TLS_CMD=
 if [ "$MANAGED_GATEWAY" = 1 ] && [ -z "${GATEWAY_CMD:-}" ]; then
   GATEWAY_CMD="RUST_LOG=warn $(printf %q "$GATEWAY_BIN") run --config $(printf %q "$RUN/gateway/gateway.toml")"
@@ -300,6 +313,15 @@ restart_gateway() { # [CMD]: stop the harness's gateway (by pid), forget its pid
   PIDS=("${keep[@]}")
   start_gateway "$@"
 }
+if [ "$WANT_NOINV" = 1 ]; then
+  [ -n "${GATEWAY_BIN:-}" ] || die "target gateway-noinv needs the harness-built gateway (no GATEWAY_CMD)"
+  port_busy "$GATEWAY_NOINV_PORT" && die "port $GATEWAY_NOINV_PORT (gateway-noinv) is taken"
+  start_bg gateway-noinv "$RUN/gateway-noinv.log" \
+    env RUST_LOG=warn "$GATEWAY_BIN" run --config "$RUN/gateway/gateway-noinv.toml"
+  ROOT[gateway-noinv]=$LAST_PID
+  wait_http "http://127.0.0.1:$GATEWAY_NOINV_PORT/plain" 20 \
+    || { tail -20 "$RUN/gateway-noinv.log" >&2; die "gateway-noinv does not answer"; }
+fi
 if [ "$MANAGED_GATEWAY" = 1 ]; then
   start_gateway
 elif [ -n "$GATEWAY_EXTERNAL" ]; then
@@ -358,6 +380,7 @@ ADDR[nginx-plain]=127.0.0.1:$PEER_PLAIN_PORT;    KIND[nginx-plain]=plain
 ADDR[haproxy]=127.0.0.1:$HAPROXY_PORT;           KIND[haproxy]=plain
 ADDR[haproxy-lua]=127.0.0.1:$HAPROXY_LUA_PORT;   KIND[haproxy-lua]=consent
 ADDR[gateway]=$GATEWAY;                          KIND[gateway]=consent
+ADDR[gateway-noinv]=127.0.0.1:$GATEWAY_NOINV_PORT; KIND[gateway-noinv]=consent
 ACTIVE=()
 for t in $TARGETS; do
   [ -n "${ADDR[$t]+x}" ] || die "unknown target '$t'"

@@ -213,22 +213,20 @@ impl NameStats {
 /// Adds an attribute value to a bounded list unless it is there (compared without allocating;
 /// case-insensitively for `Domain` and `SameSite`, as browsers read them).
 fn remember(list: &mut Vec<Box<str>>, value: &[u8], ignore_case: bool) {
-    let same = |v: &Box<str>| {
+    let same = |v: &str| {
         if ignore_case {
             v.as_bytes().eq_ignore_ascii_case(value)
         } else {
             v.as_bytes() == value
         }
     };
-    if list.len() >= MAX_VALUES || list.iter().any(same) {
+    if list.len() >= MAX_VALUES || list.iter().any(|v| same(v)) {
         return;
     }
-    let mut end = value.len().min(MAX_VALUE_BYTES);
-    let text = String::from_utf8_lossy(&value[..end]);
-    // Lossy decoding may have grown it; cut again at a character boundary.
-    let mut text = text.into_owned();
+    let mut text = String::from_utf8_lossy(&value[..value.len().min(MAX_VALUE_BYTES)]).into_owned();
+    // Lossy decoding may have grown it: cut again, at a character boundary.
     if text.len() > MAX_VALUE_BYTES {
-        end = MAX_VALUE_BYTES;
+        let mut end = MAX_VALUE_BYTES;
         while !text.is_char_boundary(end) {
             end -= 1;
         }
