@@ -81,6 +81,9 @@ pub struct Metrics {
     /// `consent_gateway_worker_connections_open{worker}`: the same, by proxy worker, so that an
     /// uneven split of connections between workers shows.
     pub worker_connections_open: Family<WorkerLabel, Gauge>,
+    /// `consent_gateway_h2_cancel_limited_total`: HTTP/2 connections closed because their
+    /// client cancelled streams faster than the per-connection budget.
+    pub h2_cancel_limited: Counter,
     /// `consent_gateway_connections_refused_total`: over `max_connections`.
     pub connections_refused: Counter,
     /// `consent_gateway_tls_cert_not_after{host}`: seconds since the epoch; `host` is the
@@ -178,6 +181,12 @@ impl Metrics {
             "Client connections open, by proxy worker",
             worker_connections_open.clone(),
         );
+        let h2_cancel_limited = Counter::default();
+        registry.register(
+            "h2_cancel_limited",
+            "HTTP/2 connections closed for cancelling (resetting) streams faster than allowed",
+            h2_cancel_limited.clone(),
+        );
         let connections_refused = Counter::default();
         registry.register(
             "connections_refused",
@@ -233,6 +242,7 @@ impl Metrics {
             client_aborts,
             worker_connections_open,
             connections_refused,
+            h2_cancel_limited,
         }
     }
 

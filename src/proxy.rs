@@ -25,7 +25,7 @@ use crate::metrics::{CounterCache, HostKind, HostLabel, Metrics};
 use crate::policy::Verdict;
 use crate::registry::{HostPolicy, Mode};
 use crate::reload::Live;
-use crate::tls::Upstreams;
+use crate::tls::{UpstreamClient, Upstreams};
 
 /// The body sent upstream: the client's, with an idle timeout.
 pub type UpstreamBody = IdleBody<Incoming>;
@@ -329,15 +329,30 @@ impl Proxy {
             let _ = sent.await;
             tokio::time::sleep(response_timeout).await;
         };
-        let mut resp = tokio::select! {
-            r = client.request(upstream_req) => match r {
-                Err(e) => {
-                    tracing::debug!(error = ?e, "upstream request failed");
-                    return Err(ProxyError::from_client(&e));
-                }
-                Ok(r) => r,
-            },
-            () = deadline => return Err(ProxyError::UpstreamTimeout),
+        if downstream_version == http::Version::HTTP_2 {
+            // Let the connection read what followed this stream's HEADERS first: a stream the
+            // client resets at once (rapid reset sends HEADERS and RST_STREAM together) is then
+            // dropped here, before it costs the origin anything.
+            tokio::task::yield_now().await;
+        }
+        let sent = if upgrade.is_none() && hyper::body::Body::is_end_stream(upstream_req.body()) {
+            // No body to stream: the exchange runs detached, so that a client that cancels
+            // (closes, resets its stream) does not abort the upstream connect or the request
+            // on a pooled connection, which would cost a new upstream connection each time.
+            exchange_detached(client, upstream_req, response_timeout).await
+        } else {
+            tokio::select! {
+                r = client.request(upstream_req) => Some(r),
+                () = deadline => None,
+            }
+        };
+        let mut resp = match sent {
+            None => return Err(ProxyError::UpstreamTimeout),
+            Some(Err(e)) => {
+                tracing::debug!(error = ?e, "upstream request failed");
+                return Err(ProxyError::from_client(&e));
+            }
+            Some(Ok(r)) => r,
         };
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -505,6 +520,50 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Most of an abandoned response's body read (and thrown away) so that its upstream connection
+/// can go back to the pool; a longer body closes the connection instead.
+const ABANDONED_DRAIN_BYTES: usize = 64 * 1024;
+/// Longest such a drain may take.
+const ABANDONED_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sends a bodiless request from a task of its own and waits for the response head (`None`
+/// after `timeout`). If the caller is dropped meanwhile (the client went away), the task goes
+/// on: the connect completes and the connection is pooled, the response head is read and up
+/// to [`ABANDONED_DRAIN_BYTES`] of its body, so that the connection is pooled again. A client
+/// that opens and cancels requests in a loop therefore costs the origin its requests, never a
+/// new connection each.
+async fn exchange_detached(
+    client: Arc<UpstreamClient>,
+    req: Request<UpstreamBody>,
+    timeout: std::time::Duration,
+) -> Option<Result<Response<Incoming>, hyper_util::client::legacy::Error>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok(result) = tokio::time::timeout(timeout, client.request(req)).await else {
+            return;
+        };
+        if let Err(Ok(resp)) = tx.send(result) {
+            drain_abandoned(resp.into_body()).await;
+        }
+    });
+    rx.await.ok()
+}
+
+/// Reads an abandoned response body to its end if it is short and quick.
+async fn drain_abandoned(mut body: Incoming) {
+    use http_body_util::BodyExt;
+    let drain = async {
+        let mut read = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, bytes::Bytes::len);
+            if read > ABANDONED_DRAIN_BYTES {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(ABANDONED_DRAIN_TIME, drain).await;
 }
 
 /// An address as a header value. IPv4 is written by hand: `Display` through `fmt` cost more than

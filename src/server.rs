@@ -26,7 +26,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response, StatusCode};
@@ -226,8 +226,9 @@ where
                         }
                     };
                     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        let svc = service(handler, peer, None);
-                        drive_h2(&h2, TokioIo::new(stream), svc, drain, peer).await;
+                        let streams = Arc::new(H2Streams::new());
+                        let svc = service_h2(handler, peer, Arc::clone(&streams));
+                        drive_h2(&h2, TokioIo::new(stream), svc, drain, peer, streams, idle, metrics).await;
                     } else {
                         let (io, checks) = HeadCheck::new(stream, max_head);
                         let svc = service(handler, peer, Some(checks));
@@ -425,32 +426,209 @@ fn h1_connection_error(e: &hyper::Error, peer: SocketAddr, metrics: Option<&Metr
     }
 }
 
+/// Streams a client may cancel (reset, or abandon before their response is complete) on one
+/// HTTP/2 connection in a burst; [`H2_CANCEL_REFILL_PER_SEC`] more come back each second.
+/// Past it the connection is told GOAWAY and closed. The h2 library's own limit counts only
+/// resets of streams not yet accepted, which a client pacing its resets (ten, then a PING)
+/// never reaches.
+pub const H2_CANCEL_BURST: f64 = 100.0;
+/// Cancels given back per second (a browser navigating away cancels a few dozen at once, now
+/// and then).
+pub const H2_CANCEL_REFILL_PER_SEC: f64 = 10.0;
+
+/// What one HTTP/2 connection's streams are doing, for the idle rule and the cancel limit.
+struct H2Streams {
+    /// Streams being answered: from the request to the end of the response body.
+    active: AtomicUsize,
+    /// When `active` last fell to zero.
+    idle_since: std::sync::Mutex<Instant>,
+    /// Cancel budget (a token bucket): tokens left and when they were counted.
+    budget: std::sync::Mutex<(f64, Instant)>,
+    /// Woken when the budget is spent.
+    flood: tokio::sync::Notify,
+}
+
+impl H2Streams {
+    fn new() -> Self {
+        H2Streams {
+            active: AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new(Instant::now()),
+            budget: std::sync::Mutex::new((H2_CANCEL_BURST, Instant::now())),
+            flood: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn opened(self: &Arc<Self>) -> ActiveStream {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveStream {
+            streams: Arc::clone(self),
+            finished: false,
+        }
+    }
+
+    /// A stream was cancelled by the client: spends one token, and wakes the connection when
+    /// none is left.
+    fn cancelled(&self) {
+        let Ok(mut b) = self.budget.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let (tokens, at) = *b;
+        let tokens = (tokens + now.duration_since(at).as_secs_f64() * H2_CANCEL_REFILL_PER_SEC)
+            .min(H2_CANCEL_BURST)
+            - 1.0;
+        *b = (tokens, now);
+        if tokens < 0.0 {
+            self.flood.notify_one();
+        }
+    }
+
+    /// When the connection has had no stream for `idle`, `None` while a stream is active.
+    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        if self.active.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        self.idle_since.lock().ok().map(|t| *t + idle)
+    }
+}
+
+/// One stream being answered; dropped before `finished`, the client cancelled it.
+struct ActiveStream {
+    streams: Arc<H2Streams>,
+    finished: bool,
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.streams.cancelled();
+        }
+        if self.streams.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            if let Ok(mut t) = self.streams.idle_since.lock() {
+                *t = Instant::now();
+            }
+        }
+    }
+}
+
+/// A response body on an HTTP/2 stream: keeps the stream counted as active until its end.
+pub struct H2Body {
+    inner: ProxyBody,
+    stream: ActiveStream,
+}
+
+impl hyper::body::Body for H2Body {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_frame(cx));
+        if frame.is_none() || this.inner.is_end_stream() || matches!(frame, Some(Err(_))) {
+            this.stream.finished = true;
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The service of one HTTP/2 connection: each stream counted from its request to the end of its
+/// response body, and each one the client cancels charged to the connection's cancel budget.
+fn service_h2<H, F>(
+    handler: H,
+    peer: SocketAddr,
+    streams: Arc<H2Streams>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<H2Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<H2Body>, Infallible>> + Send + 'static,
+> + Send
+       + 'static
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    service_fn(move |req: Request<Incoming>| {
+        let mut stream = streams.opened();
+        let fut = handler(req, peer);
+        async move {
+            let resp = fut.await;
+            stream.finished = hyper::body::Body::is_end_stream(resp.body());
+            Ok::<_, Infallible>(resp.map(|inner| H2Body { inner, stream }))
+        }
+    })
+}
+
 /// Serves HTTP/2 on one connection; the drain sends GOAWAY and lets open streams finish.
+/// A connection without a stream for `idle` is closed (GOAWAY), whatever PINGs or other frames
+/// keep its socket busy; so is one whose client spends its cancel budget ([`H2_CANCEL_BURST`]).
+#[allow(clippy::too_many_arguments)]
 async fn drive_h2<I, S>(
     builder: &http2::Builder<TokioExecutor>,
     io: I,
     svc: S,
     mut drain: watch::Receiver<bool>,
     peer: SocketAddr,
+    streams: Arc<H2Streams>,
+    idle: Duration,
+    metrics: Option<Arc<Metrics>>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = H2Body> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(peer = %peer, error = %e, "h2 connection ended with an error");
+    loop {
+        let idle_at = streams.idle_deadline(idle);
+        let idle_check = tokio::time::sleep_until(
+            idle_at.map_or_else(|| tokio::time::Instant::now() + idle, Into::into),
+        );
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %peer, error = %e, "h2 connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown_requested(&mut drain) => break,
+            () = streams.flood.notified() => {
+                tracing::warn!(
+                    peer = %peer,
+                    burst = H2_CANCEL_BURST,
+                    per_second = H2_CANCEL_REFILL_PER_SEC,
+                    "HTTP/2 client cancels too many streams: connection closed (GOAWAY)"
+                );
+                if let Some(m) = &metrics {
+                    m.h2_cancel_limited.inc();
+                }
+                // The client's open streams are cut: its connection is what is being refused.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+                return;
+            }
+            () = idle_check => {
+                if streams.idle_deadline(idle).is_some_and(|at| at <= Instant::now()) {
+                    tracing::debug!(peer = %peer, "HTTP/2 connection without a stream for idle_timeout: closed (GOAWAY)");
+                    break;
+                }
             }
         }
-        () = shutdown_requested(&mut drain) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
     }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 /// Answers 503 to a connection over `max_connections` without waiting on it.

@@ -406,3 +406,237 @@ async fn open_connections_are_counted_by_listener() {
     )
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 abuse and amplification toward the origin.
+
+/// An origin that answers every request after `delay`, counting the connections it accepts.
+async fn counting_origin(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (a, r) = (Arc::clone(&accepted), Arc::clone(&requests));
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let r = Arc::clone(&r);
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder().body(full("ok\n")).unwrap(),
+                        )
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted, requests)
+}
+
+/// A gateway with an https listener (self-signed `portal.test`), `extra` config and one worker.
+async fn tls_gateway(
+    upstream: SocketAddr,
+    extra: &str,
+) -> (Gateway, tempfile::TempDir, rustls::RootCertStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["portal.test".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::create_dir(dir.path().join("hosts")).unwrap();
+    std::fs::write(dir.path().join("certs/portal.test.crt"), cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("certs/portal.test.key"),
+        key.serialize_pem(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("hosts/portal.toml"),
+        portal_toml(upstream, ""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        format!("[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\ncerts_dir = \"certs\"\n[registry]\ndir = \"hosts\"\nwatch = false\n[proxy]\nworkers = 1\n{extra}"),
+    )
+    .unwrap();
+    let (cfg, registry) = consent_gateway::config::load(&dir.path().join("gateway.toml")).unwrap();
+    let gw = Gateway::start(&cfg, registry).await.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    (gw, dir, roots)
+}
+
+/// An HTTP/2 client connection (ALPN h2) to the gateway's https listener.
+async fn h2_client(
+    gw: &Gateway,
+    roots: &rustls::RootCertStore,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    h2::client::Connection<tokio_rustls::client::TlsStream<TcpStream>, bytes::Bytes>,
+) {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots.clone())
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(gw.https_addr.unwrap()).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("portal.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    h2::client::Builder::new()
+        // The largest windows a client may ask for.
+        .initial_window_size(u32::MAX >> 1)
+        .initial_connection_window_size(u32::MAX >> 1)
+        .handshake(tls)
+        .await
+        .unwrap()
+}
+
+/// Paced rapid reset: batches of 10 requests each cancelled at once (RST_STREAM CANCEL),
+/// then a PING, for 2 s (the attack ran for longer; the shape is the same). Before: each
+/// cancelled stream aborted the upstream connect it had started, thousands of new upstream
+/// connections a second. Now the origin sees a handful of connections, and the client's
+/// connection is closed once it spends its cancel budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_rapid_reset_does_not_amplify_toward_the_origin() {
+    let (origin, accepted, requests) = counting_origin(Duration::from_millis(5)).await;
+    let (gw, _dir, roots) = tls_gateway(origin, "").await;
+    let (mut send, conn) = h2_client(&gw, &roots).await;
+    let mut conn = conn;
+    let mut ping = conn.ping_pong().unwrap();
+    let conn_task = tokio::spawn(conn);
+    let start = Instant::now();
+    let mut cancelled = 0usize;
+    let mut closed = false;
+    'attack: while start.elapsed() < Duration::from_secs(2) {
+        for _ in 0..10 {
+            let Ok(ready) = send.clone().ready().await else {
+                closed = true;
+                break 'attack;
+            };
+            send = ready;
+            let req = http::Request::get("https://portal.test/x")
+                .body(())
+                .unwrap();
+            let Ok((resp, mut stream)) = send.send_request(req, true) else {
+                closed = true;
+                break 'attack;
+            };
+            stream.send_reset(h2::Reason::CANCEL);
+            drop(resp);
+            cancelled += 1;
+        }
+        if ping.ping(h2::Ping::opaque()).await.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    if !closed {
+        // The GOAWAY may still be on its way.
+        closed = tokio::time::timeout(Duration::from_secs(3), conn_task)
+            .await
+            .is_ok();
+    }
+    // Let detached exchanges finish before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let conns = accepted.load(Ordering::SeqCst);
+    eprintln!(
+        "rapid reset: {cancelled} streams cancelled, origin saw {conns} connections and {} requests, client connection closed: {closed}",
+        requests.load(Ordering::SeqCst)
+    );
+    assert!(
+        conns <= 20,
+        "{conns} upstream connections for {cancelled} cancels"
+    );
+    assert!(
+        closed,
+        "the client's connection stayed open after {cancelled} cancels"
+    );
+    assert!(metric(&gw, "consent_gateway_h2_cancel_limited_total").await >= 1.0);
+}
+
+/// Requests whose clients go away before the answer cost no upstream connection each: the
+/// exchange completes and its connection goes back to the pool (one worker, one pool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_requests_reuse_upstream_connections() {
+    let (origin, accepted, requests) = counting_origin(Duration::from_millis(50)).await;
+    let gw = gateway_with_workers("", &[("portal.toml", portal_toml(origin, ""))], Some(1)).await;
+    for i in 0..30 {
+        let mut s = TcpStream::connect(gw.http_addr.unwrap()).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: portal.test\r\n\r\n")
+            .await
+            .unwrap();
+        // Wait until the origin has the request, then leave.
+        while requests.load(Ordering::SeqCst) <= i {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(s);
+        // The next request comes once the abandoned one has been answered.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    let conns = accepted.load(Ordering::SeqCst);
+    assert!(
+        conns <= 3,
+        "{conns} upstream connections for 30 abandoned requests"
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "consent_gateway_client_aborts_total{host=\"portal.test\"}"
+        )
+        .await,
+        30.0
+    );
+}
+
+/// An HTTP/2 connection that opens no stream and only sends PINGs is closed by `idle_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_only_h2_connection_is_closed_by_idle_timeout() {
+    let (origin, _, _) = counting_origin(Duration::ZERO).await;
+    let (gw, _dir, roots) = tls_gateway(
+        origin,
+        "[limits]\nidle_timeout = \"1s\"\nupstream_response_timeout = \"1s\"\n",
+    )
+    .await;
+    let (send, mut conn) = h2_client(&gw, &roots).await;
+    let mut ping = conn.ping_pong().unwrap();
+    let conn_task = tokio::spawn(conn);
+    let start = Instant::now();
+    let pinger = tokio::spawn(async move {
+        while ping.ping(h2::Ping::opaque()).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(5), conn_task)
+        .await
+        .expect("the PING-only connection was still open after 5 s")
+        .unwrap()
+        .ok();
+    let lived = start.elapsed();
+    assert!(
+        lived >= Duration::from_millis(900),
+        "closed too early: {lived:?}"
+    );
+    pinger.abort();
+    drop(send);
+}
