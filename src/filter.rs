@@ -86,19 +86,19 @@ pub fn filter_set_cookies<'p>(
 
 /// The whole response side, between the upstream response and the downstream one: the
 /// `Set-Cookie` filter and purging, both under the consent in effect for the response. Each
-/// `Set-Cookie` value is parsed once. Returns the filter's counts and how many cookies were (or
-/// would be) purged.
-pub fn filter_response<'p>(
+/// `Set-Cookie` value is parsed once. Returns the filter's counts and the names of the cookies
+/// that were (or would be) purged.
+pub fn filter_response<'p, 's>(
     policy: &'p HostPolicy,
     request_consent: &Consent,
-    side: &RequestSide<'_>,
+    side: &'s RequestSide<'_>,
     headers: &mut HeaderMap,
     now: i64,
     mut observe: impl FnMut(&SetCookie<'_>, &Decision<'p>),
-) -> (Summary, usize) {
+) -> (Summary, Vec<&'s [u8]>) {
     let mut summary = Summary::default();
     if !headers.contains_key(SET_COOKIE) && side.candidates.is_empty() {
-        return (summary, 0);
+        return (summary, Vec::new());
     }
     let (changed, verdicts, set_by_upstream) = {
         let parsed: Vec<SetCookie<'_>> = headers
@@ -169,6 +169,8 @@ pub struct Candidate<'p> {
 pub struct RequestSide<'p> {
     /// Cookies removed from the `Cookie` header (or that would be, in report-only mode).
     pub stripped: usize,
+    /// Their names, in request order (for the audit log).
+    pub stripped_names: Vec<Vec<u8>>,
     /// Browser cookies that consent may refuse, by name, once each: registry cookies that are not
     /// necessary, and unknown ones under `purge_unknown`. Judged again at response time.
     pub candidates: Vec<Candidate<'p>>,
@@ -218,6 +220,7 @@ pub fn strip_request<'p>(
         let entry = policy.lookup(pair.name);
         if judge_with_entry(policy, consent, pair.name, entry).is_err() {
             side.stripped += 1;
+            side.stripped_names.push(pair.name.to_vec());
         }
         let consent_cookie = policy.consent.is_consent_cookie(pair.name);
         let candidate = match entry {
@@ -268,6 +271,7 @@ pub fn strip_request<'p>(
     }
     if !policy.strip_request_cookies {
         side.stripped = 0;
+        side.stripped_names.clear();
     }
     side
 }
@@ -279,23 +283,23 @@ const EPOCH: &str = "Thu, 01 Jan 1970 00:00:00 GMT";
 /// the upstream does not set itself in a header the filter keeps (`set_by_upstream`, by
 /// candidate), appends
 /// deletions (see [`deletions`]). Adds nothing unless `purge` is on in enforce mode; returns how
-/// many cookies were (or would be) purged.
-fn purge(
+/// names of the cookies that were (or would be) purged.
+fn purge<'s>(
     policy: &HostPolicy,
     consent: &Consent,
-    side: &RequestSide<'_>,
+    side: &'s RequestSide<'_>,
     set_by_upstream: &[bool],
     headers: &mut HeaderMap,
-) -> usize {
+) -> Vec<&'s [u8]> {
+    let mut purged = Vec::new();
     if !policy.purge {
-        return 0;
+        return purged;
     }
-    let mut purged = 0;
     for (c, set_here) in side.candidates.iter().zip(set_by_upstream) {
         if *set_here || judge_request_cookie(policy, consent, &c.name).is_ok() {
             continue;
         }
-        purged += 1;
+        purged.push(c.name.as_slice());
         if policy.mode != Mode::Enforce {
             continue;
         }

@@ -107,6 +107,25 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// What an audit record needs from the request, kept from before it is forwarded.
+struct AuditRequest {
+    method: String,
+    /// Without the query: the audit log holds no query strings.
+    path: String,
+    /// The `Cookie` headers as the browser sent them (for the consent cookie's digest).
+    cookies: Vec<HeaderValue>,
+}
+
+impl AuditRequest {
+    fn new<B>(req: &Request<B>) -> Self {
+        AuditRequest {
+            method: req.method().as_str().to_owned(),
+            path: req.uri().path().to_owned(),
+            cookies: req.headers().get_all(header::COOKIE).iter().cloned().collect(),
+        }
+    }
+}
+
 /// Headers that only concern one connection (RFC 9110 §7.6.1), besides those `Connection` names.
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -278,6 +297,12 @@ impl Proxy {
         }
         let upgrade = requested_upgrade(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        // With the audit log on: what a record of this request needs, read before the request is
+        // changed and sent (the `Cookie` values are shared, not copied).
+        let audit = self
+            .audit
+            .as_ref()
+            .map(|sink| (sink, AuditRequest::new(&req)));
 
         let (mut parts, body) = req.into_parts();
         let side = strip_request(policy, &consent, &mut parts.headers);
@@ -394,8 +419,26 @@ impl Proxy {
             }
         }
         let no_consent = consent.source == crate::consent::Source::Missing;
+        // The audit record's consent: the one the filter judges by (it may come from the
+        // response's own consent cookie), taken before the filter changes the headers.
+        let mut audit_cookies = audit.as_ref().map(|_| {
+            let effective = if parts.headers.contains_key(header::SET_COOKIE) {
+                crate::filter::response_consent(policy, &consent, &parts.headers, now).into_owned()
+            } else {
+                consent.clone()
+            };
+            (effective, Vec::new())
+        });
         let (summary, purged) =
             filter_response(policy, &consent, &side, &mut parts.headers, now, |sc, d| {
+                if let Some((_, facts)) = audit_cookies.as_mut() {
+                    facts.push(crate::audit::CookieFacts {
+                        name: String::from_utf8_lossy(sc.name).into_owned(),
+                        category: d.category().to_owned(),
+                        verdict: d.verdict.metric_label(),
+                        reason: d.reason.as_str(),
+                    });
+                }
                 // Counted per (category, verdict) once the response is filtered: a typical
                 // response has 7 headers in 2-3 groups, so 2-3 metric lookups instead of 7.
                 let key = (d.category(), d.verdict.metric_label());
@@ -433,9 +476,39 @@ impl Proxy {
             self.counters
                 .set_cookie(metrics, &policy.name, category, verdict, n);
         }
+        let purged_names = purged;
+        let purged = purged_names.len();
         let enforce = policy.mode == Mode::Enforce;
         if summary.any() || (purged > 0 && enforce) {
             add_vary_cookie(&mut parts.headers);
+        }
+        if let (Some((sink, request)), Some((effective, set_cookies))) = (audit, audit_cookies) {
+            // One record per response in which the gateway decided anything.
+            if summary.any() || side.stripped > 0 || purged > 0 {
+                let names = |v: &mut dyn Iterator<Item = &[u8]>| -> Vec<String> {
+                    v.map(|n| String::from_utf8_lossy(n).into_owned()).collect()
+                };
+                sink.record(crate::audit::Event::Response(Box::new(
+                    crate::audit::ResponseFacts {
+                        time_ms: crate::unix_now_ms(),
+                        host: policy.name.clone(),
+                        generation: snapshot.generation,
+                        registry_digest: snapshot.registry.digest.clone(),
+                        mode: policy.mode.as_str(),
+                        consent: crate::audit::ConsentFacts::new(
+                            &policy.consent,
+                            &request.cookies,
+                            &effective,
+                        ),
+                        method: request.method,
+                        path: request.path,
+                        status: parts.status.as_u16(),
+                        set_cookies,
+                        stripped: names(&mut side.stripped_names.iter().map(Vec::as_slice)),
+                        purged: names(&mut purged_names.iter().copied()),
+                    },
+                )));
+            }
         }
         self.count_request_cookies(
             policy,

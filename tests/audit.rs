@@ -268,3 +268,295 @@ async fn the_documented_by_hand_check_agrees_with_verify() {
     assert!(String::from_utf8_lossy(&bad.stderr)
         .starts_with(&format!("{}:1: record altered", files[2].display())));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The gateway's records, through a real origin and a real client.
+
+use common::*;
+
+/// The origin of the decision tests: `/plain` sets nothing; anything else sets these cookies.
+async fn decisions_origin() -> std::net::SocketAddr {
+    let (addr, _) = origin(|req| async move {
+        let mut b = http::Response::builder().header("content-type", "text/plain");
+        if req.uri().path() != "/plain" {
+            for c in [
+                "sessionid=SESSVALUE1; Path=/; HttpOnly",
+                "_ga=GA1.2.GAVALUE2; Max-Age=63072000",
+                "ads=ADSVALUE3",
+                "mystery=MYSTERYVALUE4",
+            ] {
+                b = b.header("set-cookie", c);
+            }
+        }
+        b.body(full("hello\n")).unwrap()
+    })
+    .await;
+    addr
+}
+
+fn audit_extra(path: &Path, more: &str) -> String {
+    format!("[audit]\npath = \"{}\"\n{more}", path.display())
+}
+
+/// The records of a log file, parsed, without the start record.
+fn records(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read(path)
+        .unwrap()
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] != "start")
+        .collect()
+}
+
+fn cookie_facts(r: &serde_json::Value) -> Vec<(String, String, String, String)> {
+    r["set_cookies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap().to_owned();
+            (s("name"), s("category"), s("verdict"), s("reason"))
+        })
+        .collect()
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    consent_gateway::audit::record::sha256_hex(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_say_what_was_kept_dropped_stripped_purged_and_would_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let up = decisions_origin().await;
+    let report_only = portal_toml(up, "mode = \"report-only\"").replace(
+        "hosts = [\"portal.test\", \"*.portal.test\"]",
+        "hosts = [\"ro.test\"]",
+    );
+    let gw = gateway(
+        &audit_extra(&log, ""),
+        &[
+            ("portal.toml", portal_toml(up, "")),
+            ("ro.toml", report_only),
+        ],
+    )
+    .await;
+    let ga = prefs(&["ga"]);
+
+    // 1. No consent: the tracker set by the origin is dropped, the one the browser holds is
+    //    stripped and purged.
+    let r = get(
+        gw.http_addr.unwrap(),
+        "portal.test",
+        "/page?email=QUERYSECRET&x=1",
+        "Cookie: _ga=BROWSERGAVALUE5; sessionid=BROWSERSESSION6\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // 2. Consent to `ga`: kept.
+    let r = get(
+        gw.http_addr.unwrap(),
+        "portal.test",
+        "/granted",
+        &format!("Cookie: cookies_preferences={ga}\r\nSec-GPC: 1\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // 3. Report-only: would-drop, would-strip, would-purge; nothing changed.
+    let r = get(
+        gw.http_addr.unwrap(),
+        "ro.test",
+        "/ro",
+        "Cookie: _pk_id=BROWSERPK7\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.set_cookie_names().contains(&"_ga".to_owned()));
+    // 4. Nothing decided: no record.
+    let r = get(gw.http_addr.unwrap(), "portal.test", "/plain", "").await;
+    assert_eq!(r.status, 200);
+
+    gw.audit().unwrap().flush().await;
+    let recs = records(&log);
+    assert_eq!(recs.len(), 3, "{recs:#?}");
+    let digest = gw.live.load().registry.digest.clone();
+    for r in &recs {
+        assert_eq!(r["kind"], "response");
+        assert_eq!(r["method"], "GET");
+        assert_eq!(r["status"], 200);
+        assert_eq!(r["generation"], 1);
+        assert_eq!(r["registry_digest"], digest.as_str());
+        assert_eq!(r["audit"], 1);
+    }
+
+    let none = &recs[0];
+    assert_eq!(none["host"], "portal.test");
+    assert_eq!(none["mode"], "enforce");
+    assert_eq!(none["path"], "/page");
+    assert_eq!(
+        none["consent"],
+        serde_json::json!({"present": false, "digest": null, "granted": [], "gpc": false, "source": "none"})
+    );
+    let s = |a: &str, b: &str, c: &str, d: &str| (a.into(), b.into(), c.into(), d.into());
+    assert_eq!(
+        cookie_facts(none),
+        vec![
+            s("sessionid", "necessary", "kept", "necessary"),
+            s("_ga", "statistical", "dropped", "not-granted"),
+            s("ads", "marketing", "dropped", "not-granted"),
+            s("mystery", "unknown", "dropped", "unknown"),
+        ]
+    );
+    assert_eq!(strings(&none["stripped"]), vec!["_ga"]);
+    assert_eq!(strings(&none["purged"]), vec!["_ga"]);
+
+    let granted = &recs[1];
+    assert_eq!(granted["consent"]["present"], true);
+    assert_eq!(granted["consent"]["digest"], sha256_hex(ga.as_bytes()).as_str());
+    assert_eq!(strings(&granted["consent"]["granted"]), vec!["ga"]);
+    assert_eq!(granted["consent"]["gpc"], true);
+    assert_eq!(granted["consent"]["source"], "request");
+    assert_eq!(
+        cookie_facts(granted)[1],
+        s("_ga", "statistical", "kept", "granted")
+    );
+    assert!(strings(&granted["stripped"]).is_empty());
+    assert!(strings(&granted["purged"]).is_empty());
+
+    let ro = &recs[2];
+    assert_eq!(ro["host"], "ro.test");
+    assert_eq!(ro["mode"], "report-only");
+    assert_eq!(
+        cookie_facts(ro)[1],
+        s("_ga", "statistical", "would_drop", "not-granted")
+    );
+    assert_eq!(strings(&ro["stripped"]), vec!["_pk_id"]);
+    assert_eq!(strings(&ro["purged"]), vec!["_pk_id"]);
+
+    // No value, query string or address anywhere in the file's bytes.
+    let bytes = String::from_utf8(std::fs::read(&log).unwrap()).unwrap();
+    for secret in [
+        "VALUE", "BROWSER", "GA1.2", "QUERYSECRET", "email", "?", "127.0.0.1", &ga,
+    ] {
+        assert!(!bytes.contains(secret), "{secret:?} in the audit log:\n{bytes}");
+    }
+    let peer = gw.http_addr.unwrap().ip().to_string();
+    assert!(!bytes.contains(&peer));
+
+    // And the whole file verifies.
+    let out = verify(&[log.clone()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("intact: 4 records"), "{}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_are_recorded_with_generation_digest_and_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let up = decisions_origin().await;
+    let gw = gateway(&audit_extra(&log, ""), &[("portal.toml", portal_toml(up, ""))]).await;
+    let next = consent_gateway::config::compile_registry(&[(
+        PathBuf::from("test/hosts/portal.toml"),
+        portal_toml(up, "purge = false"),
+    )])
+    .unwrap();
+    let digest = next.digest.clone();
+    gw.live.install(next);
+    gw.audit().unwrap().flush().await;
+    let recs = records(&log);
+    assert_eq!(recs.len(), 1, "{recs:#?}");
+    assert_eq!(recs[0]["kind"], "reload");
+    assert_eq!(recs[0]["generation"], 2);
+    assert_eq!(recs[0]["registry_digest"], digest.as_str());
+    assert_eq!(recs[0]["result"], "success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_of_a_live_gateway_verifies_across_rotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let up = decisions_origin().await;
+    let gw = gateway(
+        &audit_extra(&log, "max_bytes = \"2KiB\"\nkeep = 50\n"),
+        &[("portal.toml", portal_toml(up, ""))],
+    )
+    .await;
+    for i in 0..30 {
+        let r = get(gw.http_addr.unwrap(), "portal.test", &format!("/p{i}"), "").await;
+        assert_eq!(r.status, 200);
+    }
+    gw.audit().unwrap().flush().await;
+    let files = in_order(&log, 50);
+    assert!(files.len() > 5, "{files:?}");
+    let out = verify(&files);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("intact: 31 records"), "{}", out.stdout);
+}
+
+async fn metric(gw: &consent_gateway::gateway::Gateway, name: &str) -> u64 {
+    let text = String::from_utf8(admin(gw, "/metrics").await.body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_loses_records_counts_and_tells_them_and_never_holds_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let up = decisions_origin().await;
+    let gw = gateway(
+        &audit_extra(&log, "queue = 4\n"),
+        &[("portal.toml", portal_toml(up, ""))],
+    )
+    .await;
+    gw.audit().unwrap().flush().await;
+    const N: usize = 40;
+    {
+        // The writer is stuck (a slow disk) for as long as the guard lives: a request that
+        // waited for it would never be answered.
+        let _stuck = gw.audit().unwrap().hold_writer();
+        for i in 0..N {
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                get(gw.http_addr.unwrap(), "portal.test", &format!("/q{i}"), ""),
+            )
+            .await
+            .expect("a request waited for the audit writer");
+            assert_eq!(r.status, 200);
+        }
+        let lost = metric(&gw, "consent_gateway_audit_lost_total").await;
+        // At most the queue (4) and the record in the writer's hands got through.
+        assert!(lost >= (N - 5) as u64, "lost {lost}");
+    }
+    gw.audit().unwrap().flush().await;
+    let lost = metric(&gw, "consent_gateway_audit_lost_total").await;
+    let recs = records(&log);
+    let responses = recs.iter().filter(|r| r["kind"] == "response").count();
+    let told: u64 = recs
+        .iter()
+        .filter(|r| r["kind"] == "loss")
+        .map(|r| {
+            assert_eq!(r["lost"], r["queue_full"]);
+            r["lost"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(told, lost, "{recs:#?}");
+    assert_eq!(responses as u64 + lost, N as u64);
+    let out = verify(&[log.clone()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(&format!("lost: {lost} records")),
+        "{}",
+        out.stdout
+    );
+}
