@@ -16,6 +16,8 @@
 #   gateway-noinv 127.0.0.1:18092 the same gateway with the cookie inventory off ([inventory]
 #                max_names_per_host = 0); not in the default TARGETS: TARGETS="gateway gateway-noinv"
 #                measures the inventory's cost in one run (the ratio table compares the two)
+#   gateway-audit 127.0.0.1:18093 the same gateway with the audit log on to a file in the scratch dir; not in
+#                the default TARGETS: AUDIT=1 (or TARGETS="gateway gateway-audit") measures its cost in one run
 # Each target runs in its own processes, so that its peak RSS (VmHWM, nginx: master + workers) is its own.
 #
 # Environment knobs (defaults in brackets):
@@ -39,6 +41,10 @@
 #                listener (dev certificates made in the scratch dir by certs/make-dev-certs.sh); h2load on /
 #                with CONNS connections: h1 plain vs h1 TLS vs h2 TLS (1 stream per connection), then the
 #                new-connection rate: h2load -n NEWCONN -c NEWCONN (one request per connection)  NEWCONN [3000]
+#   AUDIT [0]    1: add target gateway-audit, a second harness-started gateway (same binary, same config
+#                plus [audit] path = <scratch>/audit/audit.jsonl) on PORT_BASE+13 (admin +1013), listed right
+#                after gateway, so that the same run compares the gateway with the audit log off and on; at the
+#                end, the log's size and `consent-gateway audit verify` of it
 #   KEEP_RUN [0] keep the scratch dir (/tmp/consent-bench.*) with raw load-generator output and logs
 #
 # Exit status: 0 when every consent target filtered correctly and every run had zero errors;
@@ -71,6 +77,7 @@ INSTALL=${INSTALL:-1}
 MEMORY=${MEMORY:-1}
 MEM_CONNS=${MEM_CONNS:-5000}
 TLS=${TLS:-0}
+AUDIT=${AUDIT:-0}
 NEWCONN=${NEWCONN:-3000}
 
 die() { echo "run.sh: $*" >&2; exit 2; }
@@ -92,6 +99,8 @@ GATEWAY_ADMIN_PORT=$((PORT_BASE + 1010))
 GATEWAY_TLS_PORT=$((PORT_BASE + 11))
 GATEWAY_NOINV_PORT=$((PORT_BASE + 12))
 GATEWAY_NOINV_ADMIN_PORT=$((PORT_BASE + 1012))
+GATEWAY_AUDIT_PORT=$((PORT_BASE + 13))
+GATEWAY_AUDIT_ADMIN_PORT=$((PORT_BASE + 1013))
 
 # cookies_preferences values: encodeURIComponent(JSON.stringify(...))
 CONSENT_ALL='%7B%22necessary%22%3Atrue%2C%22statistical%22%3Atrue%2C%22marketing%22%3Atrue%7D'
@@ -114,7 +123,14 @@ WANT_NOINV=0
 for t in $TARGETS; do
   [ "$t" = gateway ] && WANT_GATEWAY=1
   [ "$t" = gateway-noinv ] && WANT_GATEWAY=1 && WANT_NOINV=1
+  [ "$t" = gateway-audit ] && AUDIT=1
 done
+if [ "$AUDIT" = 1 ]; then
+  { [ -z "$GATEWAY_EXTERNAL" ] && [ -z "${GATEWAY_CMD:-}" ]; } || die "AUDIT=1 needs the harness-started gateway (no GATEWAY_CMD, no address)"
+  [[ " $TARGETS " == *" gateway-audit "* ]] || TARGETS=$(sed 's/\(^\| \)gateway\( \|$\)/\1gateway gateway-audit\2/' <<<"$TARGETS")
+  [[ " $TARGETS " == *" gateway-audit "* ]] || TARGETS="$TARGETS gateway-audit"
+  WANT_GATEWAY=1
+fi
 # The harness starts the gateway itself unless an address of a running one is given without GATEWAY_CMD.
 MANAGED_GATEWAY=0
 if { [ "$WANT_GATEWAY" = 1 ] || [ "$MEMORY" = 1 ]; } && { [ -z "$GATEWAY_EXTERNAL" ] || [ -n "${GATEWAY_CMD:-}" ]; }; then
@@ -182,6 +198,7 @@ BUSY_CHECK=($UPSTREAM_PORT $PEER_NJS_PORT $PEER_PLAIN_PORT)
 [ "$HAVE_HAPROXY" = 1 ] && BUSY_CHECK+=($HAPROXY_PORT $HAPROXY_LUA_PORT)
 [ "$MANAGED_GATEWAY" = 1 ] && [ -z "$GATEWAY_EXTERNAL" ] && BUSY_CHECK+=($GATEWAY_PORT $GATEWAY_ADMIN_PORT)
 [ "$TLS" = 1 ] && BUSY_CHECK+=($GATEWAY_TLS_PORT)
+[ "$AUDIT" = 1 ] && BUSY_CHECK+=($GATEWAY_AUDIT_PORT $GATEWAY_AUDIT_ADMIN_PORT)
 for p in "${BUSY_CHECK[@]}"; do
   port_busy "$p" && die "port $p already in use (a previous run still alive? or set PORT_BASE, e.g. PORT_BASE=28080)"
 done
@@ -240,6 +257,14 @@ if [ "$MANAGED_GATEWAY" = 1 ] && [ -z "${GATEWAY_CMD:-}" ]; then
   sed "/^http = /a https = \"127.0.0.1:$GATEWAY_TLS_PORT\"" "$RUN/gateway/gateway.toml" > "$RUN/gateway/gateway-tls.toml"
   printf '\n[tls]\ncerts_dir = "%s"\ndefault_cert = "default"\n' "$RUN/certs" >> "$RUN/gateway/gateway-tls.toml"
   GATEWAY_TLS_CMD="RUST_LOG=warn $(printf %q "$GATEWAY_BIN") run --config $(printf %q "$RUN/gateway/gateway-tls.toml")"
+fi
+GATEWAY_AUDIT_LOG=$RUN/audit/audit.jsonl
+if [ "$AUDIT" = 1 ]; then
+  # The same config on its own ports, with the audit log on to a file (defaults: 100MiB, keep 10).
+  mkdir -p "$RUN/audit"
+  sed -e "s/127.0.0.1:$GATEWAY_PORT/127.0.0.1:$GATEWAY_AUDIT_PORT/; s/127.0.0.1:$GATEWAY_ADMIN_PORT/127.0.0.1:$GATEWAY_AUDIT_ADMIN_PORT/" \
+    "$RUN/gateway/gateway.toml" > "$RUN/gateway/gateway-audit.toml"
+  printf '\n[audit]\npath = "%s"\n' "$GATEWAY_AUDIT_LOG" >> "$RUN/gateway/gateway-audit.toml"
 fi
 
 # Upstream content: deterministic ~2 KiB HTML page and a 1 MiB body.
@@ -324,6 +349,13 @@ if [ "$WANT_NOINV" = 1 ]; then
 fi
 if [ "$MANAGED_GATEWAY" = 1 ]; then
   start_gateway
+  if [ "$AUDIT" = 1 ]; then
+    start_bg gateway-audit "$RUN/gateway-audit.log" \
+      env RUST_LOG=warn "$GATEWAY_BIN" run --config "$RUN/gateway/gateway-audit.toml"
+    ROOT[gateway-audit]=$LAST_PID
+    wait_http "http://127.0.0.1:$GATEWAY_AUDIT_PORT/plain" 20 \
+      || { tail -20 "$RUN/gateway-audit.log" >&2; die "gateway-audit does not answer"; }
+  fi
 elif [ -n "$GATEWAY_EXTERNAL" ]; then
   wait_http "http://$GATEWAY/plain" 20 || die "gateway at $GATEWAY does not answer"
   # Not started here: find its pid by its listening socket (for RSS), if ss can see it.
@@ -381,6 +413,7 @@ ADDR[haproxy]=127.0.0.1:$HAPROXY_PORT;           KIND[haproxy]=plain
 ADDR[haproxy-lua]=127.0.0.1:$HAPROXY_LUA_PORT;   KIND[haproxy-lua]=consent
 ADDR[gateway]=$GATEWAY;                          KIND[gateway]=consent
 ADDR[gateway-noinv]=127.0.0.1:$GATEWAY_NOINV_PORT; KIND[gateway-noinv]=consent
+ADDR[gateway-audit]=127.0.0.1:$GATEWAY_AUDIT_PORT; KIND[gateway-audit]=consent
 ACTIVE=()
 for t in $TARGETS; do
   [ -n "${ADDR[$t]+x}" ] || die "unknown target '$t'"
@@ -654,6 +687,16 @@ if [ "$MEMORY" = 1 ] && [ -n "${ROOT[gateway]:-}" ]; then
     printf '%-58s %8.1f MiB\n' "2 s after those connections closed" "$(awk "BEGIN{print $(status_kib VmRSS "${gp[@]}")/1024}")"
     [ "$MEM_FAIL" = 0 ] || echo "MEMORY STEP FAILED: expected $n connections held, each answered 200"
   fi
+fi
+
+if [ "$AUDIT" = 1 ] && [ -n "${ROOT[gateway-audit]:-}" ]; then
+  echo
+  echo "-- audit log of gateway-audit ($GATEWAY_AUDIT_LOG and rotated files)"
+  files=(); for n in 10 9 8 7 6 5 4 3 2 1; do [ -f "$GATEWAY_AUDIT_LOG.$n" ] && files+=("$GATEWAY_AUDIT_LOG.$n"); done
+  files+=("$GATEWAY_AUDIT_LOG")
+  printf '   %s bytes in %s file(s)\n' "$(cat "${files[@]}" | wc -c)" "${#files[@]}"
+  "$GATEWAY_BIN" audit verify "${files[@]}" 2>&1 | sed 's/^/   /' || echo "   (audit verify failed: see above)"
+  curl -s --max-time 5 "http://127.0.0.1:$GATEWAY_AUDIT_ADMIN_PORT/metrics" | grep '^consent_gateway_audit_' | sed 's/^/   /' || true
 fi
 
 echo

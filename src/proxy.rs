@@ -121,7 +121,12 @@ impl AuditRequest {
         AuditRequest {
             method: req.method().as_str().to_owned(),
             path: req.uri().path().to_owned(),
-            cookies: req.headers().get_all(header::COOKIE).iter().cloned().collect(),
+            cookies: req
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .cloned()
+                .collect(),
         }
     }
 }

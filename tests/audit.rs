@@ -421,7 +421,10 @@ async fn records_say_what_was_kept_dropped_stripped_purged_and_would_drop() {
 
     let granted = &recs[1];
     assert_eq!(granted["consent"]["present"], true);
-    assert_eq!(granted["consent"]["digest"], sha256_hex(ga.as_bytes()).as_str());
+    assert_eq!(
+        granted["consent"]["digest"],
+        sha256_hex(ga.as_bytes()).as_str()
+    );
     assert_eq!(strings(&granted["consent"]["granted"]), vec!["ga"]);
     assert_eq!(granted["consent"]["gpc"], true);
     assert_eq!(granted["consent"]["source"], "request");
@@ -445,17 +448,31 @@ async fn records_say_what_was_kept_dropped_stripped_purged_and_would_drop() {
     // No value, query string or address anywhere in the file's bytes.
     let bytes = String::from_utf8(std::fs::read(&log).unwrap()).unwrap();
     for secret in [
-        "VALUE", "BROWSER", "GA1.2", "QUERYSECRET", "email", "?", "127.0.0.1", &ga,
+        "VALUE",
+        "BROWSER",
+        "GA1.2",
+        "QUERYSECRET",
+        "email",
+        "?",
+        "127.0.0.1",
+        &ga,
     ] {
-        assert!(!bytes.contains(secret), "{secret:?} in the audit log:\n{bytes}");
+        assert!(
+            !bytes.contains(secret),
+            "{secret:?} in the audit log:\n{bytes}"
+        );
     }
     let peer = gw.http_addr.unwrap().ip().to_string();
     assert!(!bytes.contains(&peer));
 
     // And the whole file verifies.
-    let out = verify(&[log.clone()]);
+    let out = verify(std::slice::from_ref(&log));
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.starts_with("intact: 4 records"), "{}", out.stdout);
+    assert!(
+        out.stdout.starts_with("intact: 4 records"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,7 +480,11 @@ async fn reloads_are_recorded_with_generation_digest_and_result() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
     let up = decisions_origin().await;
-    let gw = gateway(&audit_extra(&log, ""), &[("portal.toml", portal_toml(up, ""))]).await;
+    let gw = gateway(
+        &audit_extra(&log, ""),
+        &[("portal.toml", portal_toml(up, ""))],
+    )
+    .await;
     let next = consent_gateway::config::compile_registry(&[(
         PathBuf::from("test/hosts/portal.toml"),
         portal_toml(up, "purge = false"),
@@ -499,7 +520,11 @@ async fn the_chain_of_a_live_gateway_verifies_across_rotations() {
     assert!(files.len() > 5, "{files:?}");
     let out = verify(&files);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.starts_with("intact: 31 records"), "{}", out.stdout);
+    assert!(
+        out.stdout.starts_with("intact: 31 records"),
+        "{}",
+        out.stdout
+    );
 }
 
 async fn metric(gw: &consent_gateway::gateway::Gateway, name: &str) -> u64 {
@@ -552,11 +577,388 @@ async fn a_full_queue_loses_records_counts_and_tells_them_and_never_holds_a_requ
         .sum();
     assert_eq!(told, lost, "{recs:#?}");
     assert_eq!(responses as u64 + lost, N as u64);
-    let out = verify(&[log.clone()]);
+    let out = verify(std::slice::from_ref(&log));
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
         out.stdout.contains(&format!("lost: {lost} records")),
         "{}",
         out.stdout
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real binary: a directory it cannot write, SIGTERM, standard output.
+
+/// The binary on a config in a temp dir; its JSON log lines (stderr) arrive on `logs`.
+struct Running {
+    child: std::process::Child,
+    logs: std::sync::mpsc::Receiver<serde_json::Value>,
+    /// Lines received and not matched yet (the writer may log before the listeners are up).
+    seen: Vec<serde_json::Value>,
+    http: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    fn start(host_file: &str, audit: &str, stdout: std::process::Stdio) -> Running {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("gateway.toml"),
+            format!("[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[registry]\ndir = \"hosts\"\n{audit}"),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("hosts")).unwrap();
+        std::fs::write(dir.path().join("hosts/portal.toml"), host_file).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(dir.path().join("gateway.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, logs) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut r = Running {
+            child,
+            logs,
+            seen: Vec::new(),
+            http: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+            _dir: dir,
+        };
+        let ready = r.wait_log(|v| v["message"] == "consent-gateway listening");
+        r.http = ready["http"].as_str().unwrap().parse().unwrap();
+        r.admin = ready["admin"].as_str().unwrap().parse().unwrap();
+        r
+    }
+
+    /// The first log line `pred` accepts, among those not matched yet or still to come.
+    fn wait_log(&mut self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        if let Some(at) = self.seen.iter().position(&pred) {
+            return self.seen.remove(at);
+        }
+        loop {
+            let v = self
+                .logs
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("expected log line did not come ({e})"));
+            if pred(&v) {
+                return v;
+            }
+            self.seen.push(v);
+        }
+    }
+
+    /// A metric's value once it reaches `want` (the writer counts on its own thread), or panics
+    /// after 20 s with the last value.
+    async fn metric_reaches(&self, name: &str, want: u64) -> u64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text =
+                String::from_utf8(get(self.admin, "admin", "/metrics", "").await.body).unwrap();
+            let v: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+            if v >= want || tokio::time::Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// A directory this process cannot create files in. As root (which ignores permission bits) a
+/// mode-0555 directory is still writable, so sysfs (which refuses new files to everyone) stands
+/// in for it.
+fn unwritable_dir(tmp: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tmp.join("readonly");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o555)).unwrap();
+    if std::fs::File::create(d.join("probe")).is_err() {
+        return d;
+    }
+    let sys = PathBuf::from("/sys");
+    assert!(
+        std::fs::File::create(sys.join("consent-gateway-audit-probe")).is_err(),
+        "no unwritable directory on this machine"
+    );
+    sys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_audit_directory_logs_an_error_and_every_request_is_served() {
+    let up = decisions_origin().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let log = unwritable_dir(tmp.path()).join("consent-gateway-audit.jsonl");
+    let mut gw = Running::start(
+        &portal_toml(up, ""),
+        &audit_extra(&log, ""),
+        std::process::Stdio::null(),
+    );
+    let err = gw.wait_log(|v| v["level"] == "ERROR");
+    assert_eq!(
+        err["message"],
+        "cannot open the audit log: records are counted as lost; requests are served as usual",
+        "{err}"
+    );
+    assert_eq!(err["file"], log.display().to_string().as_str());
+    for i in 0..20 {
+        let r = get(gw.http, "portal.test", &format!("/r{i}"), "").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.set_cookie_names(), vec!["sessionid"]);
+    }
+    assert_eq!(
+        gw.metric_reaches("consent_gateway_audit_lost_total", 20)
+            .await,
+        20
+    );
+    assert!(
+        gw.metric_reaches("consent_gateway_audit_write_errors_total", 1)
+            .await
+            >= 1
+    );
+    assert_eq!(
+        gw.metric_reaches("consent_gateway_audit_records_total", 0)
+            .await,
+        0
+    );
+    assert!(!log.exists());
+    assert!(gw.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_writes_every_queued_record_before_exit() {
+    let up = decisions_origin().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("audit.jsonl");
+    let mut gw = Running::start(
+        &portal_toml(up, ""),
+        &audit_extra(&log, ""),
+        std::process::Stdio::null(),
+    );
+    const N: usize = 50;
+    for i in 0..N {
+        let r = get(gw.http, "portal.test", &format!("/t{i}"), "").await;
+        assert_eq!(r.status, 200);
+    }
+    assert!(gw.terminate().success());
+    let recs = records(&log);
+    assert_eq!(recs.len(), N, "every record written before exit");
+    let out = verify(std::slice::from_ref(&log));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // A restart goes on with the same chain.
+    let mut again = Running::start(
+        &portal_toml(up, ""),
+        &audit_extra(&log, ""),
+        std::process::Stdio::null(),
+    );
+    let anchored = again.wait_log(|v| v["message"] == "audit log: chain anchored");
+    assert_eq!(anchored["from"], log.display().to_string().as_str());
+    let r = get(again.http, "portal.test", "/after", "").await;
+    assert_eq!(r.status, 200);
+    assert!(again.terminate().success());
+    let out = verify(std::slice::from_ref(&log));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with(&format!("intact: {} records", N + 3)),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("starts: 2"), "{}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdout_carries_the_records_one_json_object_a_line() {
+    let up = decisions_origin().await;
+    let mut gw = Running::start(
+        &portal_toml(up, ""),
+        "[audit]\npath = \"stdout\"\n",
+        std::process::Stdio::piped(),
+    );
+    let mut stdout = gw.child.stdout.take().unwrap();
+    for i in 0..5 {
+        let r = get(gw.http, "portal.test", &format!("/s{i}"), "").await;
+        assert_eq!(r.status, 200);
+    }
+    assert!(gw.terminate().success());
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    for l in &lines {
+        assert!(l.starts_with("{\"audit\":1,"), "{l}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("collected.jsonl");
+    std::fs::write(&file, &text).unwrap();
+    let v = verify(&[file]);
+    assert_eq!(v.code, 0, "{}", v.stderr);
+    assert!(v.stdout.starts_with("intact: 6 records"), "{}", v.stdout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties: verify never panics; every log the writer produces verifies.
+
+use consent_gateway::audit::record::{ConsentFacts, CookieFacts, ResponseFacts};
+use consent_gateway::audit::verify::verify_bytes;
+use proptest::prelude::*;
+
+fn facts() -> impl Strategy<Value = Event> {
+    let text = "\\PC{0,12}|[\"\\\\\\x00-\\x1f\\x7f{}:,]{0,6}";
+    (
+        text,
+        prop::collection::vec((text, "[a-z]{1,8}", 0..3usize), 0..5),
+        prop::collection::vec(text, 0..3),
+        any::<bool>(),
+        any::<u16>(),
+        0..2i64 << 40,
+    )
+        .prop_map(|(path, cookies, granted, gpc, status, time_ms)| {
+            Event::Response(Box::new(ResponseFacts {
+                time_ms,
+                host: "portal.test".into(),
+                generation: 1,
+                registry_digest: "0".repeat(64),
+                mode: "enforce",
+                consent: ConsentFacts {
+                    present: gpc,
+                    digest: None,
+                    granted,
+                    gpc,
+                    source: "none",
+                },
+                method: "GET".into(),
+                path,
+                status,
+                set_cookies: cookies
+                    .into_iter()
+                    .map(|(name, category, v)| CookieFacts {
+                        name,
+                        category,
+                        verdict: ["kept", "dropped", "would_drop"][v],
+                        reason: "unknown",
+                    })
+                    .collect(),
+                stripped: Vec::new(),
+                purged: Vec::new(),
+            }))
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn every_log_the_writer_produces_verifies(
+        events in prop::collection::vec(facts(), 0..40),
+        max_bytes in 1024u64..6144,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let n = events.len() as u64;
+        rt.block_on(async {
+            let cfg = AuditConfig {
+                path: AuditPath::File(path.clone()),
+                max_bytes,
+                keep: 1000,
+                queue: 64,
+            };
+            let audit = Audit::start(&cfg, Arc::new(Metrics::new()), 1, "d").unwrap();
+            for e in events {
+                // A full queue would lose records: wait for the writer now and then.
+                audit.sink().record(e);
+                audit.flush().await;
+            }
+            audit.close(tokio::time::Instant::now() + Duration::from_secs(20)).await;
+        });
+        let files = in_order(&path, 1000);
+        let bytes: Vec<Vec<u8>> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
+        let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        let report = verify_bytes(names.iter().map(String::as_str).zip(bytes.iter().map(Vec::as_slice)));
+        let report = report.unwrap_or_else(|e| panic!("{e}"));
+        prop_assert_eq!(report.records, n + 1);
+        prop_assert!(report.torn.is_empty() && report.gaps.is_empty() && report.lost == 0);
+    }
+
+    #[test]
+    fn verify_never_panics_on_arbitrary_bytes(
+        files in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..600), 1..4)
+    ) {
+        let _ = verify_bytes(files.iter().map(|f| ("f", f.as_slice())));
+    }
+
+    #[test]
+    fn verify_never_panics_on_a_damaged_log(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..4u8), 1..6)
+    ) {
+        use consent_gateway::audit::record::{canonical_loss, seal, LossFacts, Stamp};
+        let mut prev = "a".repeat(64);
+        let mut log = Vec::new();
+        for seq in 1..6 {
+            let c = canonical_loss(
+                Stamp { seq, time_ms: 0, replica: "r" },
+                &LossFacts { lost: 1, queue_full: 1, write_error: 0 },
+            );
+            let (h, line) = seal(&prev, &c);
+            prev = h;
+            log.extend_from_slice(&line);
+        }
+        let original = log.clone();
+        for (at, byte, op) in edits {
+            if log.is_empty() {
+                break;
+            }
+            let i = at.index(log.len());
+            match op {
+                0 => log[i] = byte,
+                1 => { log.remove(i); }
+                2 => log.insert(i, byte),
+                _ => log.truncate(i),
+            }
+        }
+        let result = verify_bytes([("f", log.as_slice())]);
+        // A changed log never verifies as the same whole chain.
+        if log != original {
+            if let Ok(r) = result {
+                prop_assert!(r.records < 5 || r.last_hash.as_deref() != Some(prev.as_str()) || !r.torn.is_empty());
+            }
+        }
+    }
 }
