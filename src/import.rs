@@ -1,4 +1,4 @@
-//! `import-policy`: a cookie-policy page, in the text form of the seed pages, read into a
+//! `import-policy`: a cookie-policy page, as text (see tests/fixtures/policies/), read into a
 //! registry file.
 //!
 //! Pure: text in, registry TOML out. The page is a sequence of headings, prose and tables.
@@ -13,7 +13,7 @@
 
 use std::fmt::Write as _;
 
-use crate::registry::NECESSARY;
+use crate::registry::{CookieMatcher, HostPolicy, NECESSARY};
 
 /// The consent cookie the imported file names (Opendatasoft's, the `json` format's default).
 pub const CONSENT_COOKIE: &str = "cookies_preferences";
@@ -232,7 +232,7 @@ struct Columns {
     purpose: Option<usize>,
 }
 
-/// The seed pages' order: provider, function and location, cookie name(s), purposes.
+/// The portals' pages' order: provider, function and location, cookie name(s), purposes.
 const SEED_COLUMNS: Columns = Columns {
     provider: Some(0),
     function: Some(1),
@@ -296,6 +296,16 @@ enum Name {
     Prefix(String),
     /// Not a valid cookie name, as written.
     Invalid(String),
+}
+
+impl Name {
+    /// As a person reads it: a prefix with a trailing `*`.
+    fn display(&self) -> String {
+        match self {
+            Name::Exact(s) | Name::Invalid(s) => s.clone(),
+            Name::Prefix(s) => format!("{s}*"),
+        }
+    }
 }
 
 /// Splits a names cell: `_ga, _gid`, `_pk_id.*`, `_ga_<container-id>`, `a / b`, `a and b`.
@@ -428,129 +438,9 @@ pub fn import(text: &str, source: &str, host: &str) -> Result<Imported, ImportEr
         toml_str(CONSENT_COOKIE)
     );
 
-    let mut heading: Option<(String, usize)> = None;
-    let mut category: Option<&'static str> = None;
-    let mut columns: Option<Columns> = None;
-    let mut announced = false;
-    let mut seen: Vec<(Name, usize)> = Vec::new();
-    let mut tables = 0_usize;
-    let mut cookies = 0_usize;
-    let mut unclassified = 0_usize;
-    let mut consent_cookie_seen = false;
-
-    for (i, raw) in text.lines().enumerate() {
-        let lineno = i + 1;
-        match read_line(raw) {
-            Line::Heading(h) => {
-                category = classify(&h);
-                heading = Some((h, lineno));
-                // Each section's table may order its columns differently.
-                columns = None;
-                announced = false;
-            }
-            Line::Blank | Line::Rule | Line::Prose(_) => {}
-            Line::Row(cells) => {
-                if let Some(c) = header(&cells) {
-                    columns = Some(c);
-                    tables += 1;
-                    continue;
-                }
-                let cols = columns.unwrap_or(SEED_COLUMNS);
-                if columns.is_none() {
-                    tables += 1;
-                    columns = Some(SEED_COLUMNS);
-                }
-                if !announced {
-                    announced = true;
-                    let (h, at) = heading
-                        .as_ref()
-                        .map_or(("(no heading)", 0), |(h, at)| (h.as_str(), *at));
-                    match category {
-                        Some(c) => {
-                            let _ = writeln!(out, "# --- {c}: {h:?} ({source}:{at}) ---\n");
-                        }
-                        None => {
-                            let _ = writeln!(
-                                out,
-                                "# --- UNCLASSIFIED: {h:?} ({source}:{at}) names no category \
-                                 this importer knows; set each category and uncomment ---\n"
-                            );
-                        }
-                    }
-                }
-                let cell = |i: Option<usize>| {
-                    i.and_then(|i| cells.get(i))
-                        .map(String::as_str)
-                        .filter(|s| !s.is_empty())
-                };
-                let Some(names_cell) = cell(Some(cols.names)) else {
-                    unclassified += 1;
-                    let _ = writeln!(
-                        out,
-                        "# UNREADABLE {source}:{lineno}: no cookie name in column {}: {}\n",
-                        cols.names + 1,
-                        raw.trim().replace('\t', " | ")
-                    );
-                    continue;
-                };
-                let found = names(names_cell);
-                if found.is_empty() {
-                    unclassified += 1;
-                    let _ = writeln!(
-                        out,
-                        "# UNREADABLE {source}:{lineno}: no cookie name in {names_cell:?}\n"
-                    );
-                    continue;
-                }
-                for n in &found {
-                    let is_consent_cookie = matches!(n, Name::Exact(s) if s == CONSENT_COOKIE);
-                    consent_cookie_seen |= is_consent_cookie;
-                    // The consent cookie is necessary whatever section lists it.
-                    let cat = if is_consent_cookie {
-                        Some(NECESSARY)
-                    } else {
-                        category
-                    };
-                    let entry = Entry {
-                        name: n,
-                        category: cat.unwrap_or("UNCLASSIFIED"),
-                        provider: cell(cols.provider),
-                        function: cell(cols.function),
-                        purpose: cell(cols.purpose),
-                    };
-                    if let Name::Invalid(s) = n {
-                        unclassified += 1;
-                        let _ = writeln!(
-                            out,
-                            "# UNREADABLE {source}:{lineno}: {s:?} is not a valid cookie name"
-                        );
-                        write_entry(&mut out, &entry, true);
-                    } else if let Some((_, first)) = seen.iter().find(|(s, _)| s == n) {
-                        unclassified += 1;
-                        let _ = writeln!(
-                            out,
-                            "# DUPLICATE {source}:{lineno}: already listed at {source}:{first}"
-                        );
-                        write_entry(&mut out, &entry, true);
-                    } else if cat.is_none() {
-                        unclassified += 1;
-                        let _ = writeln!(out, "# UNCLASSIFIED {source}:{lineno}");
-                        write_entry(&mut out, &entry, true);
-                    } else {
-                        seen.push((n.clone(), lineno));
-                        cookies += 1;
-                        write_entry(&mut out, &entry, false);
-                    }
-                }
-            }
-        }
-    }
-    if tables == 0 {
-        return Err(ImportError::NoTable {
-            file: source.to_owned(),
-        });
-    }
-    if !consent_cookie_seen {
+    let read = read_page(text, source, None, &mut out)?;
+    let mut cookies = read.added;
+    if !read.consent_cookie_seen {
         let _ = writeln!(
             out,
             "# --- necessary: the consent cookie, always necessary (not listed on the page) ---\n"
@@ -575,8 +465,304 @@ pub fn import(text: &str, source: &str, host: &str) -> Result<Imported, ImportEr
     Ok(Imported {
         toml: out,
         cookies,
-        unclassified,
+        unclassified: read.unclassified,
     })
+}
+
+/// What [`merge`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merged {
+    /// The existing file, unchanged, followed by what was added (the existing file byte for
+    /// byte when nothing was).
+    pub toml: String,
+    /// `[[cookie]]` entries added.
+    pub added: usize,
+    /// Names the page lists that an entry of the file already covers, with the same category.
+    pub already: usize,
+    /// Names the page lists under another category than the file's entry for them (the file's
+    /// entry stands; a `# DIFFERS` comment says so).
+    pub differs: usize,
+    /// Source lines or names written as comments for a person to classify.
+    pub unclassified: usize,
+}
+
+/// Why a page could not be merged into a registry file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    #[error(transparent)]
+    Page(#[from] ImportError),
+    /// The existing file does not pass `check`.
+    #[error("{0}")]
+    Existing(crate::config::ConfigErrors),
+    #[error("{file}:1:1: --host: {host:?} is not one of this file's hosts ({hosts})")]
+    OtherHost {
+        file: String,
+        host: String,
+        hosts: String,
+    },
+    /// The merged file does not pass `check` (a bug: what is added never collides).
+    #[error("the merged file does not pass check:\n{0}")]
+    Merged(crate::config::ConfigErrors),
+}
+
+/// Adds to the registry file `existing` (its text; `path` is where it was read, for messages and
+/// relative paths) the cookies the page `text` lists that none of its entries covers, keeping
+/// everything the file has: its text is copied unchanged and the new entries appended. A name
+/// an entry already matches (exactly, by a prefix, or as the consent cookie) is left to that
+/// entry, so every cookie the file decided before is decided the same way after. `host`, if
+/// given, must be one of the file's `hosts`. The result is checked as `check` would.
+pub fn merge(
+    text: &str,
+    source: &str,
+    existing: &str,
+    path: &std::path::Path,
+    host: Option<&str>,
+) -> Result<Merged, MergeError> {
+    let policy = crate::config::parse_host_file(path, existing).map_err(MergeError::Existing)?;
+    if let Some(h) = host {
+        let wanted = h.trim().parse::<crate::host::HostPattern>().ok();
+        if wanted.is_none() || !policy.hosts.iter().any(|p| Some(p) == wanted.as_ref()) {
+            return Err(MergeError::OtherHost {
+                file: path.display().to_string(),
+                host: h.to_owned(),
+                hosts: policy
+                    .hosts
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    let mut body = String::new();
+    let read = read_page(text, source, Some(&policy), &mut body)?;
+    let mut toml = existing.to_owned();
+    if !body.is_empty() {
+        if !toml.is_empty() && !toml.ends_with('\n') {
+            toml.push('\n');
+        }
+        let _ = writeln!(
+            toml,
+            "\n# === Added by `consent-gateway import-policy --merge` from {source}: the cookies the\n\
+             # === page lists that no entry above covers. Review them: each category comes from\n\
+             # === the page's heading, and the consent keys are the importer's defaults (ga,\n\
+             # === matomo, else the category); check them against this file's [consent] format.\n"
+        );
+        toml.push_str(&body);
+        while toml.ends_with("\n\n") {
+            toml.pop();
+        }
+    }
+    crate::config::parse_host_file(path, &toml).map_err(MergeError::Merged)?;
+    Ok(Merged {
+        toml,
+        added: read.added,
+        already: read.already,
+        differs: read.differs,
+        unclassified: read.unclassified,
+    })
+}
+
+/// What [`read_page`] wrote.
+struct Read {
+    added: usize,
+    unclassified: usize,
+    already: usize,
+    differs: usize,
+    consent_cookie_seen: bool,
+}
+
+/// The entry of `policy` that already decides `n`, as (how it matches, category): the consent
+/// cookie, the entry `lookup` finds for an exact name, or for a prefix a prefix entry that
+/// covers every name it does.
+fn covered(policy: &HostPolicy, n: &Name) -> Option<(String, String)> {
+    match n {
+        Name::Exact(s) => {
+            if policy.consent.is_consent_cookie(s.as_bytes()) {
+                return Some(("the consent cookie".to_owned(), NECESSARY.to_owned()));
+            }
+            policy
+                .lookup(s.as_bytes())
+                .map(|e| (matcher_display(&e.matcher), e.category.clone()))
+        }
+        Name::Prefix(s) => policy
+            .cookies
+            .iter()
+            .filter(|e| matches!(&e.matcher, CookieMatcher::Prefix(q) if s.starts_with(q.as_str())))
+            .max_by_key(|e| e.matcher.as_str().len())
+            .map(|e| (matcher_display(&e.matcher), e.category.clone())),
+        Name::Invalid(_) => None,
+    }
+}
+
+fn matcher_display(m: &CookieMatcher) -> String {
+    match m {
+        CookieMatcher::Name(n) => format!("{n:?}"),
+        CookieMatcher::Prefix(p) => format!("{:?}", format!("{p}*")),
+    }
+}
+
+/// Reads the page's sections and tables into `out`: a `# ---` line per section, then its
+/// entries (and the rows left as comments). With `existing`, names an entry of that file
+/// already covers are left out (see [`merge`]), and a section with nothing left writes nothing.
+fn read_page(
+    text: &str,
+    source: &str,
+    existing: Option<&HostPolicy>,
+    out: &mut String,
+) -> Result<Read, ImportError> {
+    let mut heading: Option<(String, usize)> = None;
+    let mut category: Option<&'static str> = None;
+    let mut columns: Option<Columns> = None;
+    let mut announced = false;
+    // The current section's `# ---` line, written before its first output.
+    let mut pending: Option<String> = None;
+    let mut seen: Vec<(Name, usize)> = Vec::new();
+    let mut tables = 0_usize;
+    let mut read = Read {
+        added: 0,
+        unclassified: 0,
+        already: 0,
+        differs: 0,
+        consent_cookie_seen: false,
+    };
+    let flush = |out: &mut String, pending: &mut Option<String>| {
+        if let Some(p) = pending.take() {
+            out.push_str(&p);
+        }
+    };
+
+    for (i, raw) in text.lines().enumerate() {
+        let lineno = i + 1;
+        match read_line(raw) {
+            Line::Heading(h) => {
+                category = classify(&h);
+                heading = Some((h, lineno));
+                // Each section's table may order its columns differently.
+                columns = None;
+                announced = false;
+                pending = None;
+            }
+            Line::Blank | Line::Rule | Line::Prose(_) => {}
+            Line::Row(cells) => {
+                if let Some(c) = header(&cells) {
+                    columns = Some(c);
+                    tables += 1;
+                    continue;
+                }
+                let cols = columns.unwrap_or(SEED_COLUMNS);
+                if columns.is_none() {
+                    tables += 1;
+                    columns = Some(SEED_COLUMNS);
+                }
+                if !announced {
+                    announced = true;
+                    let (h, at) = heading
+                        .as_ref()
+                        .map_or(("(no heading)", 0), |(h, at)| (h.as_str(), *at));
+                    pending = Some(match category {
+                        Some(c) => format!("# --- {c}: {h:?} ({source}:{at}) ---\n\n"),
+                        None => format!(
+                            "# --- UNCLASSIFIED: {h:?} ({source}:{at}) names no category \
+                             this importer knows; set each category and uncomment ---\n\n"
+                        ),
+                    });
+                }
+                let cell = |i: Option<usize>| {
+                    i.and_then(|i| cells.get(i))
+                        .map(String::as_str)
+                        .filter(|s| !s.is_empty())
+                };
+                let Some(names_cell) = cell(Some(cols.names)) else {
+                    read.unclassified += 1;
+                    flush(out, &mut pending);
+                    let _ = writeln!(
+                        out,
+                        "# UNREADABLE {source}:{lineno}: no cookie name in column {}: {}\n",
+                        cols.names + 1,
+                        raw.trim().replace('\t', " | ")
+                    );
+                    continue;
+                };
+                let found = names(names_cell);
+                if found.is_empty() {
+                    read.unclassified += 1;
+                    flush(out, &mut pending);
+                    let _ = writeln!(
+                        out,
+                        "# UNREADABLE {source}:{lineno}: no cookie name in {names_cell:?}\n"
+                    );
+                    continue;
+                }
+                for n in &found {
+                    let is_consent_cookie = matches!(n, Name::Exact(s) if s == CONSENT_COOKIE);
+                    read.consent_cookie_seen |= is_consent_cookie;
+                    // The consent cookie is necessary whatever section lists it.
+                    let cat = if is_consent_cookie {
+                        Some(NECESSARY)
+                    } else {
+                        category
+                    };
+                    let entry = Entry {
+                        name: n,
+                        category: cat.unwrap_or("UNCLASSIFIED"),
+                        provider: cell(cols.provider),
+                        function: cell(cols.function),
+                        purpose: cell(cols.purpose),
+                    };
+                    if let Some((by, theirs)) = existing.and_then(|p| covered(p, n)) {
+                        match cat {
+                            Some(c) if c != theirs => {
+                                read.differs += 1;
+                                flush(out, &mut pending);
+                                let _ = writeln!(
+                                    out,
+                                    "# DIFFERS {source}:{lineno}: the page lists {:?} as {c}; \
+                                     this file's entry {by} (category {theirs}) stands\n",
+                                    n.display()
+                                );
+                            }
+                            _ => read.already += 1,
+                        }
+                        if !seen.iter().any(|(s, _)| s == n) {
+                            seen.push((n.clone(), lineno));
+                        }
+                        continue;
+                    }
+                    flush(out, &mut pending);
+                    if let Name::Invalid(s) = n {
+                        read.unclassified += 1;
+                        let _ = writeln!(
+                            out,
+                            "# UNREADABLE {source}:{lineno}: {s:?} is not a valid cookie name"
+                        );
+                        write_entry(out, &entry, true);
+                    } else if let Some((_, first)) = seen.iter().find(|(s, _)| s == n) {
+                        read.unclassified += 1;
+                        let _ = writeln!(
+                            out,
+                            "# DUPLICATE {source}:{lineno}: already listed at {source}:{first}"
+                        );
+                        write_entry(out, &entry, true);
+                    } else if cat.is_none() {
+                        read.unclassified += 1;
+                        let _ = writeln!(out, "# UNCLASSIFIED {source}:{lineno}");
+                        write_entry(out, &entry, true);
+                    } else {
+                        seen.push((n.clone(), lineno));
+                        read.added += 1;
+                        write_entry(out, &entry, false);
+                    }
+                }
+            }
+        }
+    }
+    if tables == 0 {
+        return Err(ImportError::NoTable {
+            file: source.to_owned(),
+        });
+    }
+    Ok(read)
 }
 
 #[cfg(test)]

@@ -48,13 +48,17 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
-    /// Read a cookie-policy page (the seeds' text form) and print a registry file for it.
+    /// Read a cookie-policy page (as text) and print a registry file for it.
     ImportPolicy {
         /// The policy page, plain text or Markdown.
         file: PathBuf,
-        /// The host the registry file serves.
-        #[arg(long)]
-        host: String,
+        /// The host the registry file serves (with --merge: one of the file's hosts, optional).
+        #[arg(long, required_unless_present = "merge")]
+        host: Option<String>,
+        /// An existing registry file: print it with the cookies the page lists that it has no
+        /// entry for added (the file itself is not changed).
+        #[arg(long, value_name = "EXISTING.toml")]
+        merge: Option<PathBuf>,
     },
     /// Read /inventory from running gateways and print [[cookie]] entries, to review, for the
     /// cookie names their registries do not list.
@@ -113,7 +117,10 @@ fn main() -> ExitCode {
             runtime().map_or(ExitCode::from(1), |rt| rt.block_on(demo(port)))
         }
         Command::Check { config } => check(&config),
-        Command::ImportPolicy { file, host } => import_policy(&file, &host),
+        Command::ImportPolicy { file, host, merge } => match merge {
+            Some(existing) => import_merge(&file, host.as_deref(), &existing),
+            None => import_policy(&file, host.as_deref().unwrap_or_default()),
+        },
         Command::Suggest { admin, host } => suggest(&admin, host.as_deref()),
         Command::Explain {
             config,
@@ -262,10 +269,11 @@ async fn run(path: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // A listener that is not configured is left out of the line (not logged as "").
     tracing::info!(
-        http = %gateway.http_addr.map(|a| a.to_string()).unwrap_or_default(),
-        https = %gateway.https_addr.map(|a| a.to_string()).unwrap_or_default(),
-        admin = %gateway.admin_addr.map(|a| a.to_string()).unwrap_or_default(),
+        http = gateway.http_addr.map(tracing::field::display),
+        https = gateway.https_addr.map(tracing::field::display),
+        admin = gateway.admin_addr.map(tracing::field::display),
         registry = %cfg.registry_dir.display(),
         files = hosts,
         "consent-gateway listening"
@@ -373,6 +381,35 @@ fn import_policy(file: &Path, host: &str) -> ExitCode {
                 file.display(),
                 imported.cookies,
                 imported.unclassified
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn import_merge(file: &Path, host: Option<&str>, existing: &Path) -> ExitCode {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| eprintln!("{}:1:1: cannot read: {e}", p.display()))
+    };
+    let (Ok(text), Ok(current)) = (read(file), read(existing)) else {
+        return ExitCode::from(1);
+    };
+    let source = file.display().to_string();
+    match consent_gateway::import::merge(&text, &source, &current, existing, host) {
+        Ok(m) => {
+            print!("{}", m.toml);
+            eprintln!(
+                "{source}: {} cookie entries added to {}, {} already there, {} listed under \
+                 another category (left as # DIFFERS comments), {} lines left as comments for review",
+                m.added,
+                existing.display(),
+                m.already,
+                m.differs,
+                m.unclassified
             );
             ExitCode::SUCCESS
         }

@@ -1,6 +1,6 @@
-//! `import-policy`: each seed page and Markdown variants imported, compiled by the same code as
-//! `check`, and rendered through the real admin endpoint (`/policy/{host}`): the same cookies,
-//! providers, functions and purposes as the page.
+//! `import-policy`: each portal's policy page (`tests/fixtures/policies/`) and Markdown variants
+//! imported, compiled by the same code as `check`, and rendered through the real admin endpoint
+//! (`/policy/{host}`): the same cookies, providers, functions and purposes as the page.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,22 +15,22 @@ use consent_gateway::import::{import, Imported};
 use consent_gateway::policy_page::escape;
 use serde_json::Value;
 
-/// The seed pages, beside the repository (CI checks out `shared/` next to it).
-fn seeds_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/seeds")
+/// The policy pages of the five shipped portals, owned by the repository.
+fn pages_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policies")
 }
 
-/// Every seed page with the portal it describes (from its "What cookies are used on the
-/// <https://HOST> platform" line).
-fn seeds() -> Vec<(PathBuf, String, String)> {
-    let dir = seeds_dir();
+/// Every policy page with the portal it describes (from its "Cookies used on the
+/// <https://HOST> platform" line), which is also its file name.
+fn pages() -> Vec<(PathBuf, String, String)> {
+    let dir = pages_dir();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (the seed pages are needed)", dir.display()))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "txt"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), 5, "five seed pages in {}", dir.display());
+    assert_eq!(files.len(), 5, "five policy pages in {}", dir.display());
     files
         .into_iter()
         .map(|p| {
@@ -41,12 +41,13 @@ fn seeds() -> Vec<(PathBuf, String, String)> {
                 .and_then(|s| s.split('>').next())
                 .unwrap_or_else(|| panic!("{}: no <https://host> line", p.display()))
                 .to_owned();
+            assert_eq!(p.file_stem().unwrap().to_str(), Some(host.as_str()));
             (p, host, text)
         })
         .collect()
 }
 
-/// A seed table row: provider, function, cookie name, purpose.
+/// A policy table row: provider, function, cookie name, purpose.
 #[derive(Debug)]
 struct Row {
     provider: String,
@@ -127,8 +128,8 @@ fn cookies(v: &Value) -> Vec<(String, String, String, Value, Value, Value)> {
 }
 
 #[tokio::test]
-async fn each_seed_round_trips_through_the_policy_page() {
-    for (path, host, text) in seeds() {
+async fn each_portal_page_round_trips_through_the_policy_page() {
+    for (path, host, text) in pages() {
         let want = rows(&text);
         assert!(!want.is_empty(), "{}: no rows", path.display());
         let (imported, json, html) = round_trip(&text, &host).await;
@@ -162,11 +163,11 @@ async fn each_seed_round_trips_through_the_policy_page() {
 }
 
 #[test]
-fn each_seed_imports_through_the_cli_and_passes_check() {
+fn each_portal_page_imports_through_the_cli_and_passes_check() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = dir.path().join("hosts");
     std::fs::create_dir(&hosts).unwrap();
-    for (path, host, _) in seeds() {
+    for (path, host, _) in pages() {
         let out = Command::new(env!("CARGO_BIN_EXE_consent-gateway"))
             .args(["import-policy"])
             .arg(&path)
@@ -396,4 +397,219 @@ fn page_without_the_consent_cookie_gets_it_added_as_necessary() {
         .toml
         .contains("name = \"cookies_preferences\"\ncategory = \"necessary\""));
     compile_registry(&[(PathBuf::from("x.toml"), out.toml)]).unwrap();
+}
+
+/// A page listing cookies the shipped dashboard.paris file has (same and other categories) and
+/// cookies it lacks.
+const MERGE_PAGE: &str = "\
+## Cookies on this portal
+
+### Strictly necessary cookies
+
+Service provider's name\tFunction and location\tCookie name(s)\tPurposes
+Opendatasoft\tAuthentication\tsessionid\tTo remember the user
+Opendatasoft\tLoad balancing\tlb_route\tTo keep a visitor on one server
+
+### Audience measurement
+
+Service provider's name\tFunction and location\tCookie name(s)\tPurposes
+Google\tGoogle Analytics\t_ga, _ga_*\tTo count visits
+Hotjar\tHeatmaps\t_hjSessionUser_*\tTo tell visitors apart
+
+### Advertising
+
+Service provider's name\tFunction and location\tCookie name(s)\tPurposes
+Google\tAds\t_gid, IDE\tTo show ads
+
+### Partner widgets
+
+Service provider's name\tFunction and location\tCookie name(s)\tPurposes
+Widgets Inc\tEmbedded map\twidget_state\tTo remember the map position
+";
+
+fn shipped(name: &str) -> (PathBuf, String) {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/hosts")
+        .join(name);
+    let text = std::fs::read_to_string(&p).unwrap();
+    (p, text)
+}
+
+#[test]
+fn merge_adds_the_missing_cookies_and_keeps_every_existing_decision() {
+    use consent_gateway::import::merge;
+    let (path, existing) = shipped("dashboard-paris.toml");
+    let before = consent_gateway::config::parse_host_file(&path, &existing).unwrap();
+    let m = merge(
+        MERGE_PAGE,
+        "page.txt",
+        &existing,
+        &path,
+        Some("dashboard.paris"),
+    )
+    .unwrap();
+
+    // The file's own text comes first, unchanged: its comments, gpc and analytics entries stay.
+    assert!(m.toml.starts_with(&existing), "{}", m.toml);
+    let after = consent_gateway::config::parse_host_file(&path, &m.toml)
+        .unwrap_or_else(|e| panic!("{e}\n{}", m.toml));
+    assert_eq!(after.gpc, before.gpc);
+    assert_eq!(after.consent.cookie, before.consent.cookie);
+    assert_eq!(after.cookies.len(), before.cookies.len() + m.added);
+    // Every name an entry of the file matched is matched by the same entry after the merge.
+    for e in &before.cookies {
+        for probe in [
+            e.matcher.as_str().to_owned(),
+            format!("{}x", e.matcher.as_str()),
+        ] {
+            assert_eq!(
+                before.lookup(probe.as_bytes()),
+                after.lookup(probe.as_bytes()),
+                "{probe}"
+            );
+        }
+    }
+
+    // Added: the names no entry covered, with the page's category, provider and purpose.
+    let got = |name: &str| after.lookup(name.as_bytes()).map(|e| e.category.as_str());
+    assert_eq!(got("lb_route"), Some("necessary"));
+    assert_eq!(got("_hjSessionUser_123"), Some("statistical"));
+    assert_eq!(got("IDE"), Some("marketing"));
+    let ide = after.lookup(b"IDE").unwrap();
+    assert_eq!(ide.provider.as_deref(), Some("Google"));
+    assert_eq!(ide.purpose.as_deref(), Some("To show ads"));
+    assert_eq!(m.added, 3, "{}", m.toml);
+    // sessionid, _ga and _ga_* are there with the same category.
+    assert_eq!(m.already, 3, "{}", m.toml);
+    // _gid is statistical in the file; the page's "marketing" is left as a comment.
+    assert_eq!(m.differs, 1);
+    assert_eq!(got("_gid"), Some("statistical"));
+    assert!(m.toml.contains(
+        "# DIFFERS page.txt:18: the page lists \"_gid\" as marketing; this file's entry \"_gid\" (category statistical) stands"
+    ), "{}", m.toml);
+    // The row no category fits stays a comment to classify.
+    assert_eq!(m.unclassified, 1);
+    assert!(m
+        .toml
+        .contains("# UNCLASSIFIED page.txt:23\n# [[cookie]]\n# name = \"widget_state\""));
+    assert!(got("widget_state").is_none());
+}
+
+/// The portal's own page lists nothing the shipped file lacks: the output is the file, byte for
+/// byte (no section header for sections whose cookies are all there).
+#[test]
+fn merge_of_the_portals_own_page_changes_nothing() {
+    use consent_gateway::import::merge;
+    for (path, host, text) in pages() {
+        let file = format!("{}.toml", host.split('.').next().unwrap());
+        let file = if host == "dashboard.paris" {
+            "dashboard-paris.toml".to_owned()
+        } else {
+            file
+        };
+        let (existing_path, existing) = shipped(&file);
+        let m = merge(&text, "page.txt", &existing, &existing_path, None).unwrap();
+        assert_eq!(m.toml, existing, "{}", path.display());
+        assert_eq!((m.added, m.already, m.differs), (0, 4, 0));
+    }
+}
+
+#[test]
+fn merge_through_the_cli_prints_and_leaves_the_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::create_dir(&hosts).unwrap();
+    let (_, existing) = shipped("dashboard-paris.toml");
+    let file = hosts.join("dashboard-paris.toml");
+    std::fs::write(&file, &existing).unwrap();
+    let page = dir.path().join("page.txt");
+    std::fs::write(&page, MERGE_PAGE).unwrap();
+    let run = |args: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_consent-gateway"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "import-policy".as_ref(),
+        page.as_os_str(),
+        "--merge".as_ref(),
+        file.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("3 cookie entries added to"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), existing);
+
+    // The output, put in place of the file, passes check; explain keeps _ga with consent.
+    std::fs::write(&file, &out.stdout).unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[registry]\ndir = \"hosts\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("gateway.toml");
+    let out = run(&["check".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "explain".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--host".as_ref(),
+        "dashboard.paris".as_ref(),
+        "--cookie".as_ref(),
+        "cookies_preferences=%7B%22ga%22%3Atrue%7D".as_ref(),
+        "--set-cookie".as_ref(),
+        "_ga=GA1.1.1".as_ref(),
+        "--set-cookie".as_ref(),
+        "IDE=1".as_ref(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("keep") && l.contains("_ga")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("drop") && l.contains("IDE")),
+        "{stdout}"
+    );
+
+    // --host must be one of the file's hosts; a file that does not pass check is refused.
+    let out = run(&[
+        "import-policy".as_ref(),
+        page.as_os_str(),
+        "--merge".as_ref(),
+        file.as_os_str(),
+        "--host".as_ref(),
+        "other.example".as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not one of this file's hosts"));
+    let bad = hosts.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "hosts = [\"x.example\"]\nupstream = \"http://127.0.0.1:1\"\nmode = \"sometimes\"\n",
+    )
+    .unwrap();
+    let out = run(&[
+        "import-policy".as_ref(),
+        page.as_os_str(),
+        "--merge".as_ref(),
+        bad.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{}:3:", bad.display())),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
 }
