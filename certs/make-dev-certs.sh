@@ -7,7 +7,9 @@
 #   bash certs/make-dev-certs.sh            # writes into certs/
 #   CERTS_DIR=/tmp/c bash certs/make-dev-certs.sh
 #
-# Then uncomment `https` and [tls] in config/gateway.toml and trust certs/dev-ca/ca.crt in your
+# The shipped config/gateway.toml serves plain HTTP only and has no TLS lines to uncomment: add
+# `https = "0.0.0.0:8443"` under [listen] and a [tls] section with certs_dir = "../certs" and
+# default_cert = "default" (certs/README.md shows the lines), then trust certs/dev-ca/ca.crt in your
 # client, e.g. curl --cacert certs/dev-ca/ca.crt --resolve dashboard.paris:8443:127.0.0.1 https://dashboard.paris:8443/
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,3 +45,4 @@ grep -h '^hosts' config/hosts/*.toml | grep -o '"[^"]*"' | tr -d '"' | sort -u |
     issue "$host" "DNS:$host"
 done
 issue default "DNS:localhost,IP:127.0.0.1"
+echo "next: add https = \"0.0.0.0:8443\" under [listen] and [tls] certs_dir = \"../certs\", default_cert = \"default\" to config/gateway.toml (see certs/README.md)"

@@ -5,16 +5,25 @@
 //! consent banner that writes `cookies_preferences` as the portal does, an analytics script that
 //! writes cookies from JavaScript when consent allows, and panels showing the cookies the browser
 //! holds and the ones the portal set and received, so the gateway's work is visible.
+//!
+//! The address the visitor opens is a recorder in front of the gateway: it forwards every
+//! request to the gateway unchanged and keeps the `Set-Cookie` lines of the gateway's responses
+//! since the page was last loaded, which the page shows beside the ones the portal sent
+//! ([`RECEIVED_PATH`]). A page cannot read the `Set-Cookie` headers of its own response.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response};
-use tokio::net::TcpListener;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::body::ProxyBody;
+use crate::body::{IdleBody, ProxyBody};
 use crate::config::{compile_registry, GatewayConfig, Limits};
 use crate::gateway::Gateway;
 
@@ -147,7 +156,7 @@ const ANALYTICS_JS: &str = r#"// Sample analytics: writes cookies from JavaScrip
 
 /// The page's banner and cookie panel. Writes `cookies_preferences` the way an Opendatasoft
 /// portal does: `encodeURIComponent(JSON.stringify({"ga":…,"matomo":…,"timestamp":…}))`.
-const PAGE_JS: &str = r#"(function () {
+const PAGE_JS: &str = r##"(function () {
   "use strict";
   var NECESSARY = ["sessionid", "csrftoken", "django_language", "cookies_preferences"];
   var STATISTICAL = [/^_ga$/, /^_ga_/, /^_gid$/, /^_pk_id\./, /^_pk_ses\./];
@@ -199,6 +208,48 @@ const PAGE_JS: &str = r#"(function () {
   document.getElementById("save-choice").addEventListener("click", function () {
     save({ ga: document.getElementById("choose-ga").checked, matomo: document.getElementById("choose-matomo").checked });
   });
+  // What the gateway sent, side by side with what the portal sent (RECEIVED_PATH, on the
+  // demo's front address; elsewhere it is not there and the panel says so).
+  function nameOf(line) { var i = line.indexOf("="); return (i < 0 ? "" : line.slice(0, i)).trim(); }
+  function isDeletion(line) { return /;\s*max-age=(0|-\d+)\s*(;|$)/i.test(line) || /expires=thu, 01 jan 1970/i.test(line); }
+  function showReceived(data) {
+    var list = document.getElementById("received-set-cookie");
+    list.textContent = "";
+    var kept = {};
+    data.responses.forEach(function (r) {
+      var li = document.createElement("li"); li.className = "response";
+      var h = document.createElement("strong"); h.textContent = r.request; li.appendChild(h);
+      var ul = document.createElement("ul"); ul.className = "cookies";
+      if (!r.set_cookie.length) { var none = document.createElement("li"); none.textContent = "(no Set-Cookie)"; ul.appendChild(none); }
+      r.set_cookie.forEach(function (line) {
+        var del = isDeletion(line);
+        if (!del && r.request === "GET /") kept[nameOf(line)] = true;
+        var item = document.createElement("li");
+        item.className = "set " + (del ? "deletion" : "kept");
+        item.setAttribute("data-name", nameOf(line));
+        var code = document.createElement("code"); code.textContent = line; item.appendChild(code);
+        if (del) { var tag = document.createElement("span"); tag.className = "tag"; tag.textContent = "deletion added by the gateway"; item.appendChild(document.createTextNode(" ")); item.appendChild(tag); }
+        ul.appendChild(item);
+      });
+      li.appendChild(ul); list.appendChild(li);
+    });
+    Array.prototype.forEach.call(document.querySelectorAll("#portal-set-cookie li.set"), function (li) {
+      var dropped = !kept[nameOf(li.textContent)];
+      li.className = "set " + (dropped ? "dropped" : "kept");
+      if (dropped) { var tag = document.createElement("span"); tag.className = "tag"; tag.textContent = "dropped by the gateway"; li.appendChild(document.createTextNode(" ")); li.appendChild(tag); }
+    });
+    document.getElementById("received-note").textContent = data.responses.length
+      ? "The Set-Cookie lines of the gateway's responses since this page was loaded."
+      : "Nothing recorded yet.";
+    return data;
+  }
+  window.demoReceived = fetch("RECEIVED_PATH", { cache: "no-store" })
+    .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
+    .then(showReceived)
+    .catch(function () {
+      document.getElementById("received-note").textContent = "Open the address printed as \"open:\" by consent-gateway demo to see what the gateway sent.";
+      return null;
+    });
   document.getElementById("open-settings").addEventListener("click", function () {
     var p = prefs() || {};
     document.getElementById("choose-ga").checked = p.ga === true;
@@ -207,12 +258,12 @@ const PAGE_JS: &str = r#"(function () {
   });
   render();
 })();
-"#;
+"##;
 
 const PAGE_CSS: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1a1a1a;background:#f6f7f9;line-height:1.45}\
 header{background:#143d59;color:#fff;padding:.8rem 1.5rem;display:flex;justify-content:space-between;align-items:center}\
 header h1{font-size:1.3rem;margin:0}header button{font:inherit}\
-main{max-width:70rem;margin:0 auto;padding:1rem 1.5rem 14rem}\
+main{max-width:80rem;margin:0 auto;padding:1rem 1.5rem 2rem}\
 .panels{display:grid;grid-template-columns:1fr 1fr;gap:1rem}\
 section.panel{background:#fff;border:1px solid #d0d4da;border-radius:6px;padding:.6rem 1rem}\
 section.panel h2{font-size:1.05rem;margin:.3rem 0 .6rem}\
@@ -220,14 +271,19 @@ ul.cookies{list-style:none;padding:0;margin:0}ul.cookies li{padding:.15rem 0}\
 .tag{font-size:.75rem;border-radius:3px;padding:0 .35rem;color:#fff;background:#6b7280}\
 .necessary .tag{background:#1f7a3a}.statistical .tag{background:#b45309}\
 #state{background:#fff;border-left:4px solid #143d59;padding:.5rem 1rem;margin:1rem 0}\
-#consent-banner{position:fixed;left:0;right:0;bottom:0;background:#fff;border-top:3px solid #143d59;box-shadow:0 -2px 8px rgba(0,0,0,.15);padding:1rem 1.5rem}\
+#consent-banner{background:#fff;border-bottom:3px solid #143d59;padding:.8rem 1.5rem}\
+#consent-banner[hidden]{display:none}\
+.compare{display:grid;grid-template-columns:1fr 1fr;gap:1rem;margin-top:1rem}\
+li.dropped code{text-decoration:line-through;color:#6b7280}.dropped .tag{background:#b91c1c}\
+li.deletion .tag{background:#b91c1c}li.response{margin:.3rem 0}\
 #consent-banner h2{margin:0 0 .4rem;font-size:1.1rem}\
 #consent-banner button{font:inherit;padding:.45rem .9rem;margin:.3rem .4rem .3rem 0;border-radius:4px;border:1px solid #143d59;background:#fff;color:#143d59;cursor:pointer}\
 #consent-banner button.primary{background:#143d59;color:#fff}\
 fieldset{border:1px solid #d0d4da;margin:.4rem 0}code{font-family:ui-monospace,monospace;font-size:.9em}\
-li.set code{word-break:break-all}";
+li.set code{word-break:break-all}li.set{padding:.1rem 0}#received{word-break:break-all}.compare>section{min-width:0}";
 
 fn page(set: &str, received: &str) -> String {
+    let js = PAGE_JS.replace("RECEIVED_PATH", RECEIVED_PATH);
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>consent-gateway demo portal</title>
@@ -237,26 +293,6 @@ fn page(set: &str, received: &str) -> String {
 </head>
 <body>
 <header><h1>Sample data portal</h1><button type="button" id="open-settings">Cookie settings</button></header>
-<main>
-<p>This page is served by a sample portal behind consent-gateway. On every response the portal sets
-the cookies below; the gateway removes those the visitor's <code>cookies_preferences</code> does not allow,
-and expires the ones the browser still holds once consent is withdrawn.</p>
-<div id="state"><strong>Your choice:</strong> <span id="consent-state"></span> <span id="analytics-state"></span></div>
-<div class="panels">
-<section class="panel" aria-labelledby="h-browser"><h2 id="h-browser">Cookies your browser holds now</h2>
-<p><small>From <code>document.cookie</code>; <code>HttpOnly</code> cookies (<code>sessionid</code>) are not visible to scripts.</small></p>
-<ul class="cookies" id="browser-cookies"></ul></section>
-<section class="panel" aria-labelledby="h-received"><h2 id="h-received">Cookie header the portal received</h2>
-<p><code id="received">{received}</code></p>
-<h2>Cookies the portal set on this response</h2><ul class="cookies">{set}</ul></section>
-</div>
-<h2>Try</h2>
-<ul>
-<li>No consent cookie: only <code>sessionid</code>, <code>csrftoken</code> and <code>django_language</code> reach the browser.</li>
-<li><code>cookies_preferences={{"ga":true}}</code> (percent-encoded): Google Analytics cookies too.</li>
-<li><code>cookies_preferences={{"ga":true,"matomo":true}}</code>: Matomo's too. <code>tracker_id</code> is in no registry and is always dropped.</li>
-</ul>
-</main>
 <div id="consent-banner" role="dialog" aria-labelledby="banner-title" hidden>
 <h2 id="banner-title">Cookies on this portal</h2>
 <p>We use necessary cookies to run the portal, and, with your consent, audience measurement (Google Analytics, Matomo).</p>
@@ -268,7 +304,35 @@ and expires the ones the browser still holds once consent is withdrawn.</p>
 <button type="button" id="save-choice">Save my choice</button>
 </fieldset>
 </div>
-<script>{PAGE_JS}</script>
+<main>
+<p>This page is served by a sample portal behind consent-gateway. On every response the portal sets
+the cookies below; the gateway removes those the visitor's <code>cookies_preferences</code> does not allow,
+and expires the ones the browser still holds once consent is withdrawn.</p>
+<div id="state"><strong>Your choice:</strong> <span id="consent-state"></span> <span id="analytics-state"></span></div>
+<div class="compare">
+<section class="panel" aria-labelledby="h-portal-set"><h2 id="h-portal-set">Set-Cookie the portal sent</h2>
+<p><small>Every line of the portal's response to this page, before the gateway.</small></p>
+<ul class="cookies" id="portal-set-cookie">{set}</ul></section>
+<section class="panel" aria-labelledby="h-received-set"><h2 id="h-received-set">Set-Cookie the browser received from the gateway</h2>
+<p><small id="received-note">Loading…</small></p>
+<ul class="cookies" id="received-set-cookie"></ul></section>
+</div>
+<div class="panels compare">
+<section class="panel" aria-labelledby="h-browser"><h2 id="h-browser">Cookies your browser holds now</h2>
+<p><small>From <code>document.cookie</code>; <code>HttpOnly</code> cookies (<code>sessionid</code>) are not visible to scripts.</small></p>
+<ul class="cookies" id="browser-cookies"></ul></section>
+<section class="panel" aria-labelledby="h-received"><h2 id="h-received">Cookie header the portal received</h2>
+<p><code id="received">{received}</code></p></section>
+</div>
+<h2>Try</h2>
+<ul id="try">
+<li>No consent cookie: only <code>sessionid</code>, <code>csrftoken</code> and <code>django_language</code> reach the browser.</li>
+<li><code>cookies_preferences={{"ga":true}}</code> (percent-encoded): Google Analytics cookies too.</li>
+<li><code>cookies_preferences={{"ga":true,"matomo":true}}</code>: Matomo's too. <code>tracker_id</code> is in no registry and is always dropped.</li>
+<li>Accept all, then "Cookie settings" and "Necessary only": the right-hand list shows the deletions the gateway adds for the cookies the browser still holds.</li>
+</ul>
+</main>
+<script>{js}</script>
 </body></html>
 "#
     )
@@ -277,6 +341,12 @@ and expires the ones the browser still holds once consent is withdrawn.</p>
 /// The sample portal's answer to any request: the analytics script at [`ANALYTICS_JS_PATH`]
 /// (no cookies), otherwise the page with every [`ORIGIN_SET_COOKIES`] header.
 pub fn origin_response<B>(req: &Request<B>) -> Response<ProxyBody> {
+    if req.uri().path() == RECEIVED_PATH {
+        // Answered by the front recorder; the portal itself has no such page.
+        let mut r = Response::new(ProxyBody::full("404 not found\n"));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
+    }
     if req.uri().path() == ANALYTICS_JS_PATH {
         let mut r = Response::new(ProxyBody::full(ANALYTICS_JS.replace("JSCOOKIE", JS_COOKIE)));
         r.headers_mut().insert(
@@ -314,8 +384,94 @@ pub fn origin_response<B>(req: &Request<B>) -> Response<ProxyBody> {
     r
 }
 
+/// Path, on the demo's front address, of the `Set-Cookie` lines the gateway sent since the page
+/// was last loaded: `{"responses":[{"request":"GET /","set_cookie":["…"]}]}`.
+pub const RECEIVED_PATH: &str = "/demo/received";
+
+/// What the front recorder keeps: per response of the gateway since the last page load, the
+/// request (`GET /`) and its `Set-Cookie` lines as sent.
+#[derive(Debug, Default, serde::Serialize)]
+struct Received {
+    responses: Vec<ReceivedResponse>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ReceivedResponse {
+    request: String,
+    set_cookie: Vec<String>,
+}
+
+/// The demo's front address: forwards each request to the gateway unchanged (one connection per
+/// request), records the `Set-Cookie` lines of the answer, and serves [`RECEIVED_PATH`].
+async fn front(
+    req: Request<Incoming>,
+    gateway: SocketAddr,
+    seen: Arc<Mutex<Received>>,
+) -> Response<ProxyBody> {
+    if req.uri().path() == RECEIVED_PATH {
+        let body = match seen.lock() {
+            Ok(s) => serde_json::to_vec(&*s).unwrap_or_default(),
+            Err(_) => b"{\"responses\":[]}".to_vec(),
+        };
+        let mut r = Response::new(ProxyBody::full(body));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return r;
+    }
+    let page = req.method() == Method::GET && req.uri().path() == "/";
+    let request = format!("{} {}", req.method(), req.uri().path());
+    match forward(req, gateway).await {
+        Ok(r) => {
+            let set_cookie: Vec<String> = r
+                .headers()
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            if let Ok(mut s) = seen.lock() {
+                if page {
+                    s.responses.clear();
+                }
+                if page || !set_cookie.is_empty() {
+                    s.responses.push(ReceivedResponse {
+                        request,
+                        set_cookie,
+                    });
+                }
+            }
+            r
+        }
+        Err(e) => {
+            tracing::warn!("demo: forwarding to the gateway failed: {e}");
+            let mut r = Response::new(ProxyBody::full("502 bad gateway\n"));
+            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            r
+        }
+    }
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    gateway: SocketAddr,
+) -> Result<Response<ProxyBody>, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = TcpStream::connect(gateway).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let (parts, body) = sender.send_request(req).await?.into_parts();
+    let body = ProxyBody::Upstream(IdleBody::new(body, Duration::from_secs(60)));
+    Ok(Response::from_parts(parts, body))
+}
+
 /// A running demo.
 pub struct Demo {
+    /// The address to open: the recorder in front of the gateway.
+    pub open: SocketAddr,
     pub origin: SocketAddr,
     pub gateway: Gateway,
     _origin_stop: watch::Sender<bool>,
@@ -324,7 +480,8 @@ pub struct Demo {
 impl Demo {
     /// What to print for the user.
     pub fn instructions(&self) -> String {
-        let gw = self
+        let gw = self.open;
+        let gateway = self
             .gateway
             .http_addr
             .map(|a| a.to_string())
@@ -339,7 +496,9 @@ impl Demo {
         format!(
             "consent-gateway demo\n\
              \n  open:    http://{gw}/            (the sample portal through the gateway: consent banner,\
-             \n                                    analytics script, the cookies your browser holds)\
+             \n                                    analytics script, the cookies your browser holds, the\
+             \n                                    Set-Cookie lines the portal sent and those the gateway sent)\
+             \n  gateway: http://{gateway}/   (the gateway itself; open: forwards to it and records its answers)\
              \n  origin:  http://{origin}/   (the same portal directly, unfiltered)\
              \n  admin:   http://{admin}/metrics, /registry and /policy/127.0.0.1 (the published cookie policy)\n\
              \nIn the browser: \"Accept all\", and the analytics cookies appear after the reload; \"Cookie\
@@ -357,28 +516,29 @@ impl Demo {
     }
 }
 
-/// Starts the sample portal and the gateway on loopback. The gateway listens on `port`, or on
-/// any free port when `port` is 0 or taken.
+/// Starts the sample portal, the gateway in front of it, and the recorder in front of the
+/// gateway, on loopback. The recorder (the address to open) listens on `port`, or on any free
+/// port when `port` is 0 or taken; the gateway and the portal on free ports.
 pub async fn start(port: u16) -> Result<Demo, crate::gateway::StartError> {
     let origin_listener = TcpListener::bind("127.0.0.1:0").await?;
     let origin = origin_listener.local_addr()?;
     let (origin_stop, stop_rx) = watch::channel(false);
-    let handler = |req: Request<hyper::body::Incoming>, _peer| async move { origin_response(&req) };
+    let handler = |req: Request<Incoming>, _peer| async move { origin_response(&req) };
     tokio::spawn(crate::server::serve(
         origin_listener,
         handler,
         Limits::default(),
         None,
-        stop_rx,
+        stop_rx.clone(),
         None,
     ));
 
     let file = PathBuf::from("demo/hosts/demo.toml");
     let registry = compile_registry(&[(file, registry_toml(origin))])
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-    let mut config = GatewayConfig {
+    let config = GatewayConfig {
         file: PathBuf::from("demo/gateway.toml"),
-        listen_http: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+        listen_http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         listen_https: None,
         tls: None,
         admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -392,16 +552,35 @@ pub async fn start(port: u16) -> Result<Demo, crate::gateway::StartError> {
         audit: None,
         inventory: crate::config::InventoryConfig::default(),
     };
-    let gateway = match Gateway::start(&config, registry.clone()).await {
-        Ok(g) => g,
+    let gateway = Gateway::start(&config, registry).await?;
+    let gateway_addr = gateway
+        .http_addr
+        .ok_or_else(|| std::io::Error::other("the demo gateway has no http listener"))?;
+
+    let front_listener = match TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => l,
         Err(e) if port != 0 => {
             tracing::warn!("port {port} unavailable ({e}); using a free port");
-            config.listen_http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-            Gateway::start(&config, registry).await?
+            TcpListener::bind("127.0.0.1:0").await?
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
+    let open = front_listener.local_addr()?;
+    let seen = Arc::new(Mutex::new(Received::default()));
+    let handler = move |req: Request<Incoming>, _peer| {
+        let seen = Arc::clone(&seen);
+        async move { front(req, gateway_addr, seen).await }
+    };
+    tokio::spawn(crate::server::serve(
+        front_listener,
+        handler,
+        Limits::default(),
+        None,
+        stop_rx,
+        None,
+    ));
     Ok(Demo {
+        open,
         origin,
         gateway,
         _origin_stop: origin_stop,

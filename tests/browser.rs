@@ -208,6 +208,18 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
+    /// Evaluates `expr`, a promise, and returns what it resolves to.
+    fn eval_await(&mut self, expr: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+        );
+        if let Some(e) = r.get("exceptionDetails") {
+            panic!("{expr}: {e}");
+        }
+        r["result"]["value"].clone()
+    }
+
     /// Clicks the element with this id with the mouse, as a visitor would, and waits for the
     /// reload the banner triggers.
     fn click_and_wait_reload(&mut self, id: &str) {
@@ -320,9 +332,15 @@ fn consent_banner_accept_then_withdraw_in_chromium() {
     let deadline = Instant::now() + BUDGET;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let demo = rt.block_on(consent_gateway::demo::start(0)).unwrap();
-    let url = format!("http://{}/", demo.gateway.http_addr.unwrap());
+    // The demo's front address: it forwards to the gateway and records what the gateway sent.
+    let url = format!("http://{}/", demo.open);
     let shots = screenshot_dir();
     let mut b = Browser::launch(deadline);
+    // The page is judged at 1280x1000 CSS pixels (the banner must not cover content there).
+    b.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1280, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
+    );
 
     // 1. First visit: no choice yet. The banner shows; only necessary cookies are held.
     b.navigate(&url);
@@ -338,6 +356,7 @@ fn consent_banner_accept_then_withdraw_in_chromium() {
         b.eval("document.getElementById('consent-banner').hidden"),
         false
     );
+    banner_covers_nothing(&mut b);
     b.screenshot(&shots.join("1-first-visit.png"));
 
     // 2. Accept all: the banner writes cookies_preferences and reloads; the gateway now keeps
@@ -382,6 +401,18 @@ fn consent_banner_accept_then_withdraw_in_chromium() {
             .contains(consent_gateway::demo::JS_COOKIE),
         "{panel}"
     );
+    // The demo page, side by side: the portal's analytics lines reached the browser.
+    let received = demo_page_received(&mut b);
+    for n in ["_ga", "_gid", "_ga_DEMO123", "_pk_id.1.1fff"] {
+        assert!(
+            received.iter().any(|(name, del)| name == n && !del),
+            "after accept, the page lists {n} as received: {received:?}"
+        );
+    }
+    assert!(
+        !received.iter().any(|(_, del)| *del),
+        "after accept, no deletion: {received:?}"
+    );
     b.screenshot(&shots.join("2-accepted.png"));
 
     // 3. Withdraw: "Necessary only" from the settings. On the reload the browser sends the
@@ -398,6 +429,39 @@ fn consent_banner_accept_then_withdraw_in_chromium() {
         );
     }
     let left: Vec<&String> = held.iter().filter(|n| is_analytics(n)).collect();
+    // The demo page lists the deletions the gateway added on the page's response, for every
+    // analytics cookie the browser held, the one only JavaScript wrote included, and marks the
+    // portal's analytics lines as dropped.
+    let received = demo_page_received(&mut b);
+    for n in [
+        "_ga",
+        "_gid",
+        "_ga_DEMO123",
+        "_pk_id.1.1fff",
+        "_pk_ses.1.1fff",
+        consent_gateway::demo::JS_COOKIE,
+    ] {
+        assert!(
+            received.iter().any(|(name, del)| name == n && *del),
+            "after withdrawal, the page lists a deletion of {n}: {received:?}"
+        );
+    }
+    let dropped = b.eval(
+        "Array.from(document.querySelectorAll('#portal-set-cookie li.dropped code'))\
+         .map(e => e.textContent.split('=')[0])",
+    );
+    assert_eq!(
+        dropped,
+        json!([
+            "_ga",
+            "_gid",
+            "_ga_DEMO123",
+            "_pk_id.1.1fff",
+            "_pk_ses.1.1fff",
+            "tracker_id"
+        ]),
+        "the portal's lines the gateway dropped"
+    );
     b.screenshot(&shots.join("3-withdrawn.png"));
     assert!(
         left.is_empty(),
@@ -414,4 +478,50 @@ fn consent_banner_accept_then_withdraw_in_chromium() {
     );
     drop(b);
     demo.gateway.begin_shutdown();
+}
+
+/// The demo page's "Set-Cookie the browser received from the gateway" list for the page's own
+/// response (`GET /`), once the page has loaded it: (cookie name, is a deletion) per line.
+fn demo_page_received(b: &mut Browser) -> Vec<(String, bool)> {
+    let loaded = b.eval_await("window.demoReceived.then(d => d !== null)");
+    assert_eq!(
+        loaded,
+        json!(true),
+        "the page could not load what the gateway sent"
+    );
+    let v = b.eval(
+        "Array.from(document.querySelectorAll('#received-set-cookie > li.response'))\
+         .filter(r => r.querySelector('strong').textContent === 'GET /')\
+         .flatMap(r => Array.from(r.querySelectorAll('li.set')))\
+         .map(li => [li.dataset.name, li.classList.contains('deletion')])",
+    );
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().to_owned(), p[1].as_bool().unwrap()))
+        .collect()
+}
+
+/// At 1280x1000 the consent banner sits in the page's flow: nothing of the page's content lies
+/// under it, and it does not float over what follows.
+fn banner_covers_nothing(b: &mut Browser) {
+    let v = b.eval(
+        "(() => { const ban = document.getElementById('consent-banner'); \
+           const r = ban.getBoundingClientRect(); \
+           const pos = getComputedStyle(ban).position; \
+           const hit = Array.from(document.querySelectorAll('main *')).filter(e => { \
+             const q = e.getBoundingClientRect(); \
+             return q.width > 0 && q.height > 0 && q.left < r.right && q.right > r.left \
+               && q.top < r.bottom && q.bottom > r.top; }).map(e => e.tagName + '#' + e.id); \
+           return [innerWidth, innerHeight, pos, r.height, hit]; })()",
+    );
+    assert_eq!(v[0], json!(1280), "{v}");
+    assert_eq!(v[1], json!(1000), "{v}");
+    assert!(
+        v[2] == "static" || v[2] == "relative",
+        "the banner floats ({}): it can cover the page",
+        v[2]
+    );
+    assert!(v[3].as_f64().unwrap() > 0.0, "the banner is not shown: {v}");
+    assert_eq!(v[4], json!([]), "page content under the banner");
 }
