@@ -1155,8 +1155,13 @@ fn compile_host_file(path: &Path, text: &str) -> Result<CompiledFile, ConfigErro
     })
 }
 
-/// The `*.toml` files of a registry directory, sorted by name. Hidden entries (Kubernetes'
-/// `..data` and `..2026_…` directories among them) are skipped; symlinks are followed.
+/// Largest registry file read: a bigger one is refused (it is no registry a person wrote, and
+/// reading it whole on every reload would cost that much memory).
+pub const MAX_REGISTRY_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The `*.toml` entries of a registry directory, sorted by name. Hidden entries (Kubernetes'
+/// `..data` and `..2026_…` directories among them) are skipped; symlinks are followed by
+/// [`read_registry`], which refuses an entry that is not a readable regular file.
 pub fn registry_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -1166,16 +1171,81 @@ pub fn registry_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         if name.starts_with('.') || !name.ends_with(".toml") {
             continue;
         }
-        let path = entry.path();
-        if std::fs::metadata(&path)
-            .map(|m| m.is_file())
-            .unwrap_or(false)
-        {
-            files.push(path);
-        }
+        files.push(entry.path());
     }
     files.sort();
     Ok(files)
+}
+
+/// Reads one registry entry, refusing what is not a regular file of at most
+/// [`MAX_REGISTRY_FILE_BYTES`]: a dangling or looping symlink, a directory, a FIFO (reading
+/// it would block the reload), a socket or a device. Such an entry is an error like a parse
+/// error, never a silently missing host.
+fn read_registry_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            return Err(match (link, e.kind()) {
+                (true, std::io::ErrorKind::NotFound) => {
+                    "cannot be read: a dangling symlink (its target does not exist)".to_owned()
+                }
+                (true, _) if e.raw_os_error() == Some(40) => {
+                    "cannot be read: a symlink loop".to_owned()
+                }
+                (true, _) => format!("cannot be read: cannot follow the symlink: {e}"),
+                _ => format!("cannot be read: {e}"),
+            });
+        }
+    };
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_dir() {
+            "a directory"
+        } else {
+            special_file_kind(&ft)
+        };
+        return Err(format!("cannot be read as a file: it is {what}"));
+    }
+    if meta.len() > MAX_REGISTRY_FILE_BYTES {
+        return Err(format!(
+            "file too large: {} bytes, at most {} (16 MiB)",
+            meta.len(),
+            MAX_REGISTRY_FILE_BYTES
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read file: {e}"))?;
+    let mut text = String::new();
+    // Bounded even if the file grows between the size check and the read.
+    file.take(MAX_REGISTRY_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    if text.len() as u64 > MAX_REGISTRY_FILE_BYTES {
+        return Err(format!(
+            "file too large: more than {MAX_REGISTRY_FILE_BYTES} bytes (16 MiB)"
+        ));
+    }
+    Ok(text)
+}
+
+#[cfg(unix)]
+fn special_file_kind(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_file_kind(_: &std::fs::FileType) -> &'static str {
+    "not a regular file"
 }
 
 /// Reads every file of a registry directory, sorted by name.
@@ -1195,9 +1265,9 @@ pub fn read_registry(dir: &Path) -> Result<Vec<(PathBuf, String)>, ConfigErrors>
     let mut texts = Vec::new();
     let mut errors = Vec::new();
     for f in files {
-        match std::fs::read_to_string(&f) {
+        match read_registry_file(&f) {
             Ok(t) => texts.push((f, t)),
-            Err(e) => errors.push(file_error(&f, format!("cannot read file: {e}"))),
+            Err(message) => errors.push(file_error(&f, message)),
         }
     }
     if errors.is_empty() {

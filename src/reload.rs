@@ -293,8 +293,29 @@ impl WatchOptions {
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct WatcherHandle {
-    _watcher: notify::RecommendedWatcher,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// How often the watched directories are checked for having been removed or replaced (a new
+/// directory at the same path, which the old watch does not see).
+const REWATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What identifies a directory: device, inode and creation time (an inode number is often
+/// reused at once by a directory created again), `None` while it does not exist.
+type DirIdentity = Option<(u64, u64, Option<SystemTime>)>;
+
+fn dir_identity(dir: &std::path::Path) -> DirIdentity {
+    let m = std::fs::metadata(dir)
+        .ok()
+        .filter(std::fs::Metadata::is_dir)?;
+    #[cfg(unix)]
+    let (dev, ino) = {
+        use std::os::unix::fs::MetadataExt as _;
+        (m.dev(), m.ino())
+    };
+    #[cfg(not(unix))]
+    let (dev, ino) = (0, 0);
+    Some((dev, ino, m.created().ok()))
 }
 
 impl Drop for WatcherHandle {
@@ -312,9 +333,20 @@ fn is_change(kind: &EventKind) -> bool {
 /// Watches `opts.dirs` and reloads `live` on change (debounced), and every `poll_interval`.
 pub fn spawn_watcher(live: Arc<Live>, opts: WatchOptions) -> notify::Result<WatcherHandle> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
+    // Set when a watched directory itself is removed or renamed away: its watch is gone.
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lost_flag = Arc::clone(&lost);
+    let watched = opts.dirs.clone();
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(ev) if is_change(&ev.kind) => {
+                if matches!(
+                    ev.kind,
+                    EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+                ) && ev.paths.iter().any(|p| watched.contains(p))
+                {
+                    lost_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 // A full channel already holds a pending trigger: nothing is lost.
                 let _ = tx.try_send(());
             }
@@ -323,16 +355,51 @@ pub fn spawn_watcher(live: Arc<Live>, opts: WatchOptions) -> notify::Result<Watc
                 tracing::warn!(error = %e, "file watcher error; the poll fallback still reloads")
             }
         })?;
+    let mut identities = Vec::with_capacity(opts.dirs.len());
     for dir in &opts.dirs {
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        identities.push(dir_identity(dir));
         tracing::info!(dir = %dir.display(), poll_interval = ?opts.poll_interval, "watching for registry changes");
     }
     let task = tokio::spawn(async move {
         let mut poll = tokio::time::interval(opts.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
+        let mut rewatch = tokio::time::interval(REWATCH_INTERVAL);
+        rewatch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let cause = tokio::select! {
+                _ = rewatch.tick() => {
+                    // A directory removed and created again (or replaced by a rename) is a new
+                    // inode: the watch on the old one sees nothing of it. Watch the new one and
+                    // reload at once.
+                    let mut replaced = false;
+                    let watch_lost = lost.swap(false, std::sync::atomic::Ordering::SeqCst);
+                    for (dir, known) in opts.dirs.iter().zip(identities.iter_mut()) {
+                        let now = dir_identity(dir);
+                        if now == *known && !(watch_lost && now.is_some()) {
+                            continue;
+                        }
+                        if watch_lost && now.is_none() {
+                            // Not back yet: look again at the next tick.
+                            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        *known = now;
+                        if now.is_none() {
+                            continue;
+                        }
+                        let _ = watcher.unwatch(dir);
+                        match watcher.watch(dir, RecursiveMode::NonRecursive) {
+                            Ok(()) => tracing::info!(dir = %dir.display(), "directory created again: watching it again"),
+                            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the directory again; the poll still reloads"),
+                        }
+                        replaced = true;
+                    }
+                    if !replaced {
+                        continue;
+                    }
+                    "directory replaced"
+                }
                 got = rx.recv() => {
                     if got.is_none() {
                         return;
@@ -360,10 +427,7 @@ pub fn spawn_watcher(live: Arc<Live>, opts: WatchOptions) -> notify::Result<Watc
             }
         }
     });
-    Ok(WatcherHandle {
-        _watcher: watcher,
-        task,
-    })
+    Ok(WatcherHandle { task })
 }
 
 /// `2026-11-23T10:00:00Z` (UTC, whole seconds).
