@@ -393,11 +393,10 @@ async fn open_connections_are_counted_by_listener() {
         3.0,
     )
     .await;
-    // The scrape's own connection is the admin listener's one.
-    assert_eq!(
-        metric(&gw, "consent_gateway_connections_open{listener=\"admin\"}").await,
-        1.0
-    );
+    // The scrape's own connection is counted on the admin listener (earlier scrapes' connections
+    // may not be closed on the gateway's side yet).
+    let admin_open = metric(&gw, "consent_gateway_connections_open{listener=\"admin\"}").await;
+    assert!(admin_open >= 1.0, "{admin_open}");
     drop(held);
     wait_metric(
         &gw,
