@@ -108,10 +108,11 @@ impl Drop for InFlight<'_> {
 }
 
 /// What an audit record needs from the request, kept from before it is forwarded.
+/// Clones share their bytes: nothing is copied unless a record is made.
 struct AuditRequest {
-    method: String,
-    /// Without the query: the audit log holds no query strings.
-    path: String,
+    method: http::Method,
+    /// Only its path goes in the record: the audit log holds no query strings.
+    uri: Uri,
     /// The `Cookie` headers as the browser sent them (for the consent cookie's digest).
     cookies: Vec<HeaderValue>,
 }
@@ -119,8 +120,8 @@ struct AuditRequest {
 impl AuditRequest {
     fn new<B>(req: &Request<B>) -> Self {
         AuditRequest {
-            method: req.method().as_str().to_owned(),
-            path: req.uri().path().to_owned(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
             cookies: req
                 .headers()
                 .get_all(header::COOKIE)
@@ -426,13 +427,17 @@ impl Proxy {
         let no_consent = consent.source == crate::consent::Source::Missing;
         // The audit record's consent: the one the filter judges by (it may come from the
         // response's own consent cookie), taken before the filter changes the headers.
+        // `None` inside: the request's consent stands.
         let mut audit_cookies = audit.as_ref().map(|_| {
-            let effective = if parts.headers.contains_key(header::SET_COOKIE) {
-                crate::filter::response_consent(policy, &consent, &parts.headers, now).into_owned()
+            let changed = if parts.headers.contains_key(header::SET_COOKIE) {
+                match crate::filter::response_consent(policy, &consent, &parts.headers, now) {
+                    std::borrow::Cow::Borrowed(_) => None,
+                    std::borrow::Cow::Owned(c) => Some(c),
+                }
             } else {
-                consent.clone()
+                None
             };
-            (effective, Vec::new())
+            (changed, Vec::new())
         });
         let (summary, purged) =
             filter_response(policy, &consent, &side, &mut parts.headers, now, |sc, d| {
@@ -487,7 +492,7 @@ impl Proxy {
         if summary.any() || (purged > 0 && enforce) {
             add_vary_cookie(&mut parts.headers);
         }
-        if let (Some((sink, request)), Some((effective, set_cookies))) = (audit, audit_cookies) {
+        if let (Some((sink, request)), Some((changed, set_cookies))) = (audit, audit_cookies) {
             // One record per response in which the gateway decided anything.
             if summary.any() || side.stripped > 0 || purged > 0 {
                 let names = |v: &mut dyn Iterator<Item = &[u8]>| -> Vec<String> {
@@ -503,10 +508,10 @@ impl Proxy {
                         consent: crate::audit::ConsentFacts::new(
                             &policy.consent,
                             &request.cookies,
-                            &effective,
+                            changed.as_ref().unwrap_or(&consent),
                         ),
-                        method: request.method,
-                        path: request.path,
+                        method: request.method.as_str().to_owned(),
+                        path: request.uri.path().to_owned(),
                         status: parts.status.as_u16(),
                         set_cookies,
                         stripped: names(&mut side.stripped_names.iter().map(Vec::as_slice)),

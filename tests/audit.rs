@@ -962,3 +962,43 @@ proptest! {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_the_upstream_sets_in_the_response_is_the_one_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let (up, _) = origin(|_req| async move {
+        let granted = format!("cookies_preferences={}; Path=/", prefs(&["ga"]));
+        http::Response::builder()
+            .header("set-cookie", granted)
+            .header("set-cookie", "_ga=GA1.2.NEWVALUE; Path=/")
+            .body(full("ok"))
+            .unwrap()
+    })
+    .await;
+    let gw = gateway(
+        &audit_extra(&log, ""),
+        &[("portal.toml", portal_toml(up, ""))],
+    )
+    .await;
+    let r = get(gw.http_addr.unwrap(), "portal.test", "/accept", "").await;
+    assert_eq!(r.status, 200);
+    assert!(r.set_cookie_names().contains(&"_ga".to_owned()));
+    gw.audit().unwrap().flush().await;
+    let recs = records(&log);
+    assert_eq!(recs.len(), 1, "{recs:#?}");
+    let c = &recs[0]["consent"];
+    assert_eq!(c["present"], false, "the request carried no consent cookie");
+    assert_eq!(c["digest"], serde_json::Value::Null);
+    assert_eq!(c["source"], "response");
+    assert_eq!(strings(&c["granted"]), vec!["ga"]);
+    assert_eq!(
+        cookie_facts(&recs[0])[1],
+        (
+            "_ga".to_owned(),
+            "statistical".to_owned(),
+            "kept".to_owned(),
+            "granted".to_owned()
+        )
+    );
+}

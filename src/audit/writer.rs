@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::record::{
     canonical_event, canonical_loss, canonical_start, hex, seal, sha256_hex, unseal, Event,
-    LossFacts, Stamp, StartFacts,
+    LossFacts, Stamp, StartFacts, SEAL_LEN,
 };
 use crate::config::{AuditConfig, AuditPath};
 use crate::metrics::Metrics;
@@ -515,18 +515,22 @@ impl Writer {
     /// Seals a record onto the batch, rotating first when it would take the file past
     /// `max_bytes`. Call only when [`Writer::ready`].
     fn append(&mut self, canonical: &[u8]) {
-        let Some(prev) = self.batch.tip.as_deref().or(self.prev.as_deref()) else {
-            return;
-        };
-        let (hash, line) = seal(prev, canonical);
+        // The line's length is known before it is sealed (the canonical bytes without their `}`,
+        // the seal, `\n`), so that it is sealed after the batch before it is written: if that
+        // write fails, the line chains to the last record that reached the file.
+        let len = (canonical.len() + SEAL_LEN) as u64;
         if let Output::File(f) = &self.out {
             let size = f.len + self.batch.bytes.len() as u64;
             let due = f.rotate_retry_at.map_or(true, |t| Instant::now() >= t);
-            if size > 0 && size + line.len() as u64 > f.max_bytes && due {
+            if size > 0 && size + len > f.max_bytes && due {
                 self.commit();
                 self.rotate();
             }
         }
+        let Some(prev) = self.batch.tip.as_deref().or(self.prev.as_deref()) else {
+            return;
+        };
+        let (hash, line) = seal(prev, canonical);
         self.batch.bytes.extend_from_slice(&line);
         self.batch.tip = Some(hash);
     }
@@ -550,9 +554,13 @@ impl Writer {
         let result = if f.file.is_none() {
             Self::open(f, &mut self.prev)
         } else {
-            // Cut back what a failed write may have left, so the chain stays whole.
+            // Cut back what a failed write may have left, so the chain stays whole. If that
+            // fails too, the file is opened again next time (it may have been replaced).
             match f.file.as_ref().map(|file| file.set_len(f.len)) {
-                Some(Err(e)) => Err(e),
+                Some(Err(e)) => {
+                    f.file = None;
+                    Err(e)
+                }
                 _ => {
                     f.dirty = false;
                     Ok(())
@@ -665,7 +673,14 @@ impl Writer {
         if batch.bytes.is_empty() {
             return;
         }
+        let usable = match &self.out {
+            Output::Stdout => true,
+            Output::File(f) => f.file.is_some() && !f.dirty,
+        };
+        // `ready` opens or repairs the file when due, and reports its own errors.
+        let reported = !usable && !self.ready();
         let written = match &mut self.out {
+            _ if reported => Err(std::io::Error::other("the audit log is not open")),
             Output::Stdout => {
                 let mut out = std::io::stdout().lock();
                 out.write_all(&batch.bytes).and_then(|()| out.flush())
@@ -706,11 +721,13 @@ impl Writer {
                 self.loss.lost += batch.events;
                 self.loss.write_error += batch.events;
                 self.shared.metrics.audit_lost.inc_by(batch.events);
-                let path = match &self.out {
-                    Output::Stdout => "stdout".to_owned(),
-                    Output::File(f) => f.path.display().to_string(),
-                };
-                self.error(&path, "cannot write the audit log", &e);
+                if !reported {
+                    let path = match &self.out {
+                        Output::Stdout => "stdout".to_owned(),
+                        Output::File(f) => f.path.display().to_string(),
+                    };
+                    self.error(&path, "cannot write the audit log", &e);
+                }
             }
         }
     }
@@ -803,6 +820,45 @@ mod tests {
         .unwrap();
         assert!(r.records > 0 && r.lost == 0, "{r:?}");
         assert_eq!(metrics.audit_records.get(), 41);
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_loses_records_then_the_log_recovers_with_a_loss_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // Every write to /dev/full fails with ENOSPC, as on a full disk.
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let audit =
+            Audit::start(&config(path.clone(), 1 << 20, 3), metrics.clone(), 1, "x").unwrap();
+        for n in 0..5 {
+            audit.sink().record(reload(n));
+        }
+        audit.flush().await;
+        assert!(metrics.audit_write_errors.get() >= 1);
+        assert_eq!(metrics.audit_lost.get(), 5);
+        assert_eq!(metrics.audit_records.get(), 0);
+        // Room again: the path is a plain file. The writer retries every second, so records are
+        // handed to it until one is written.
+        std::fs::remove_file(&path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut n = 5;
+        while metrics.audit_records.get() == 0 {
+            assert!(Instant::now() < deadline, "the log never recovered");
+            audit.sink().record(reload(n));
+            n += 1;
+            audit.flush().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        audit
+            .close(tokio::time::Instant::now() + Duration::from_secs(10))
+            .await;
+        let bytes = read(&path);
+        let r = verify_bytes([("audit.jsonl", &bytes[..])]).unwrap();
+        assert_eq!(r.lost, metrics.audit_lost.get());
+        assert!(r.lost >= 5 && r.losses.len() == 1, "{r:?}");
+        assert_eq!(r.records, metrics.audit_records.get());
+        assert_eq!(r.records + r.lost, n + 2, "{r:?}");
     }
 
     #[tokio::test]
