@@ -353,6 +353,9 @@ fn check(path: &Path) -> ExitCode {
                     p.consent.cookie,
                 );
             }
+            if let Some(a) = &cfg.audit {
+                check_audit(&cfg.file, a);
+            }
             match &cfg.tls {
                 Some(t) => check_certs(&t.certs_dir, t.default_cert.as_deref()),
                 None => ExitCode::SUCCESS,
@@ -361,6 +364,36 @@ fn check(path: &Path) -> ExitCode {
         Err(errors) => {
             eprintln!("{errors}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// One line about the audit log; a warning when its directory is missing (the gateway still
+/// starts: it logs the error and counts every record as lost until the directory exists).
+fn check_audit(gateway_file: &Path, audit: &config::AuditConfig) {
+    match &audit.path {
+        config::AuditPath::Stdout => {
+            println!("audit log: standard output (queue {})", audit.queue);
+        }
+        config::AuditPath::File(p) => {
+            println!(
+                "audit log: {} (rotated at {} bytes, {} rotated files kept, queue {})",
+                p.display(),
+                audit.max_bytes,
+                audit.keep,
+                audit.queue
+            );
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                eprintln!(
+                    "{}:1:1: warning: audit.path: directory {} does not exist; the gateway will start, log the error and count every audit record as lost until it does",
+                    gateway_file.display(),
+                    dir.display()
+                );
+            }
         }
     }
 }

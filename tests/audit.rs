@@ -1002,3 +1002,61 @@ async fn consent_the_upstream_sets_in_the_response_is_the_one_recorded() {
         )
     );
 }
+
+#[test]
+fn check_names_the_audit_log_and_warns_about_a_missing_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("hosts")).unwrap();
+    std::fs::write(
+        dir.path().join("hosts/portal.toml"),
+        portal_toml("127.0.0.1:9".parse().unwrap(), ""),
+    )
+    .unwrap();
+    let run = |audit: &str| {
+        std::fs::write(
+            dir.path().join("gateway.toml"),
+            format!("[listen]\nhttp = \"127.0.0.1:0\"\n[audit]\n{audit}"),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(dir.path().join("gateway.toml"))
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run("path = \"log/audit.jsonl\"\nkeep = 3\n");
+    assert_eq!(code, 0, "{stderr}");
+    let log = dir.path().join("log/audit.jsonl");
+    assert!(
+        stdout.contains(&format!(
+            "audit log: {} (rotated at 104857600 bytes, 3 rotated files kept, queue 8192)",
+            log.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: audit.path: directory") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    std::fs::create_dir(dir.path().join("log")).unwrap();
+    let (code, _, stderr) = run("path = \"log/audit.jsonl\"\n");
+    assert_eq!(code, 0);
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let (code, stdout, _) = run("path = \"stdout\"\nqueue = 10\n");
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("audit log: standard output (queue 10)"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = run("path = \"log/audit.jsonl\"\nkeep = 5000\n");
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("gateway.toml:5:8: audit.keep: must be 0 to 1000"),
+        "{stderr}"
+    );
+}
