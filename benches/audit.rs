@@ -1,0 +1,113 @@
+//! The cost of the audit log per recorded response, on the bench's `/` (7 `Set-Cookie` headers,
+//! consent to necessary cookies only: 3 kept, 4 dropped).
+//!
+//! - `facts_7`: what the request path builds and hands to the queue (the names, categories and
+//!   verdicts of the 7 headers, the consent's digest, method and path), boxed.
+//! - `seal_7`: what the writer thread does with it besides `write(2)`: stamp, serialize
+//!   canonically, hash and seal one line.
+//! - `record_7_queue`: building the facts and `Sink::record` into a queue the writer drains to a
+//!   file (the request side; the writer runs on its own thread as in production, on the same
+//!   cores: when it falls behind, some iterations take the cheaper "queue full" path).
+//!
+//! Compare with `decision`'s `filter_7_necessary_only` (the filter itself) and with the load
+//! harness (`AUDIT=1 bash bench/run.sh`) for the whole request. Run:
+//! `cargo bench --bench audit -- --quick`.
+
+use std::sync::Arc;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+
+use consent_gateway::audit::record::{canonical_event, seal, Stamp};
+use consent_gateway::audit::{Audit, ConsentFacts, CookieFacts, Event, ResponseFacts};
+use consent_gateway::config::{AuditConfig, AuditPath};
+use consent_gateway::consent::{ConsentSpec, Format};
+use consent_gateway::metrics::Metrics;
+
+const COOKIES: [(&str, &str, &str, &str); 7] = [
+    ("sessionid", "necessary", "kept", "necessary"),
+    ("csrftoken", "necessary", "kept", "necessary"),
+    ("django_language", "necessary", "kept", "necessary"),
+    ("_ga", "statistical", "dropped", "not-granted"),
+    ("_gid", "statistical", "dropped", "not-granted"),
+    ("_ga_ABC123", "statistical", "dropped", "not-granted"),
+    ("ads_id", "marketing", "dropped", "not-granted"),
+];
+
+const PREFS: &str =
+    "%7B%22necessary%22%3Atrue%2C%22statistical%22%3Afalse%2C%22marketing%22%3Afalse%7D";
+
+fn facts(cookie_headers: &[http::HeaderValue], spec: &ConsentSpec) -> Event {
+    let consent = consent_gateway::consent::Consent::none();
+    Event::Response(Box::new(ResponseFacts {
+        time_ms: 1_764_583_200_123,
+        host: "bench.test".to_owned(),
+        generation: 1,
+        registry_digest: "5d41402abc4b2a76b9719d911017c592aaf0c3b9f3a8d2e5cd2b3e9d7f1a0c4e"
+            .to_owned(),
+        mode: "enforce",
+        consent: ConsentFacts::new(spec, cookie_headers, &consent),
+        method: "GET".to_owned(),
+        path: "/".to_owned(),
+        status: 200,
+        set_cookies: COOKIES
+            .iter()
+            .map(|(n, c, v, r)| CookieFacts {
+                name: (*n).to_owned(),
+                category: (*c).to_owned(),
+                verdict: v,
+                reason: r,
+            })
+            .collect(),
+        stripped: Vec::new(),
+        purged: Vec::new(),
+    }))
+}
+
+fn bench(c: &mut Criterion) {
+    let spec = ConsentSpec::new("cookies_preferences", Format::Json);
+    let headers =
+        [
+            http::HeaderValue::from_str(&format!("cookies_preferences={PREFS}; sessionid=abc"))
+                .unwrap_or(http::HeaderValue::from_static("a=b")),
+        ];
+    c.bench_function("facts_7", |b| {
+        b.iter(|| black_box(facts(black_box(&headers), &spec)))
+    });
+    let event = facts(&headers, &spec);
+    let prev = "a".repeat(64);
+    c.bench_function("seal_7", |b| {
+        b.iter(|| {
+            let c = canonical_event(
+                Stamp {
+                    seq: 42,
+                    time_ms: 1_764_583_200_123,
+                    replica: "gateway-7d9f-x2k4",
+                },
+                black_box(&event),
+            );
+            black_box(seal(&prev, &c))
+        })
+    });
+    let dir = std::env::temp_dir().join(format!(
+        "consent-gateway-bench-audit-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::create_dir_all(&dir);
+    let cfg = AuditConfig {
+        path: AuditPath::File(dir.join("audit.jsonl")),
+        max_bytes: 64 << 20,
+        keep: 1,
+        queue: 8192,
+    };
+    if let Ok(audit) = Audit::start(&cfg, Arc::new(Metrics::new()), 1, "d") {
+        let sink = audit.sink();
+        c.bench_function("record_7_queue", |b| {
+            b.iter(|| sink.record(facts(black_box(&headers), &spec)))
+        });
+        drop(audit);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
