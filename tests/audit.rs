@@ -499,6 +499,27 @@ async fn reloads_are_recorded_with_generation_digest_and_result() {
     assert_eq!(recs[0]["generation"], 2);
     assert_eq!(recs[0]["registry_digest"], digest.as_str());
     assert_eq!(recs[0]["result"], "success");
+    assert_eq!(recs[0]["error"], serde_json::Value::Null);
+
+    // A failed reload (here: the registry directory is not there) is recorded with its first
+    // error; the last good registry keeps serving.
+    let result = gw.reload().await;
+    assert!(
+        matches!(result, consent_gateway::reload::ReloadResult::Error(_)),
+        "{result:?}"
+    );
+    gw.audit().unwrap().flush().await;
+    let recs = records(&log);
+    assert_eq!(recs.len(), 2, "{recs:#?}");
+    assert_eq!(recs[1]["kind"], "reload");
+    assert_eq!(recs[1]["result"], "error");
+    assert_eq!(recs[1]["generation"], 2);
+    assert_eq!(recs[1]["registry_digest"], digest.as_str());
+    assert!(
+        recs[1]["error"].as_str().unwrap().starts_with("test/hosts"),
+        "{}",
+        recs[1]["error"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
