@@ -9,7 +9,14 @@
 //!   `filter_set_cookies` on the response's headers.
 //! - `filter_7_all_granted`: the same with everything granted (nothing dropped).
 //!
-//! Each iteration is one response. Run: `cargo bench --bench decision -- --quick`.
+//! - `consent/*`: hostile consent cookies (SPEC, Consent: decoding is linear; a value over 8 KiB
+//!   or 1,024 keys grants nothing): a 60 KB `cookies_preferences` holding 8,000 keys, read from a
+//!   request (`request_60kb_8000_keys`) and by the JSON decoder alone (`json_decode_60kb_8000_keys`);
+//!   the largest value that is still decoded (`json_decode_1000_keys`, just under both limits);
+//!   a Complianz request carrying 3,000 `cmplz_*` cookies (`complianz_3000_cookies`).
+//!
+//! Each iteration is one response (or one consent read). Run:
+//! `cargo bench --bench decision -- --quick`.
 
 use std::path::Path;
 
@@ -17,10 +24,12 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
+use consent_gateway::consent::{ConsentSpec, Format};
 use consent_gateway::explain::request_consent;
 use consent_gateway::filter::filter_set_cookies;
 use consent_gateway::policy::decide;
 use consent_gateway::registry::HostPolicy;
+use consent_gateway::request_cookies::pairs;
 use consent_gateway::set_cookie::SetCookie;
 
 /// The bench upstream's `Set-Cookie` headers, in its order.
@@ -286,5 +295,49 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// `n` distinct three-character keys (`"a0b":1,` is 8 bytes), one in 16 granted (`true`).
+fn json_keys(n: usize) -> String {
+    const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let members: Vec<String> = (0..n)
+        .map(|i| {
+            let k: String = [i / 1296, (i / 36) % 36, i % 36]
+                .iter()
+                .map(|&d| char::from(ALPHABET[d % 36]))
+                .collect();
+            format!("\"{k}\":{}", if i % 16 == 0 { "true" } else { "1" })
+        })
+        .collect();
+    format!("{{{}}}", members.join(","))
+}
+
+fn consent(c: &mut Criterion) {
+    let mut g = c.benchmark_group("consent");
+    g.throughput(Throughput::Elements(1));
+
+    let json = ConsentSpec::new("cookies_preferences", Format::Json);
+    let big = json_keys(8000);
+    assert!((60_000..70_000).contains(&big.len()), "{}", big.len());
+    let header = format!("sessionid=abc; cookies_preferences={big}");
+    g.bench_function("request_60kb_8000_keys", |b| {
+        b.iter(|| black_box(json.from_request(pairs(black_box(header.as_bytes())), false)))
+    });
+    g.bench_function("json_decode_60kb_8000_keys", |b| {
+        b.iter(|| black_box(Format::Json.decode(black_box(big.as_bytes()))))
+    });
+    let under = json_keys(1000);
+    assert!(under.len() < 8192, "{}", under.len());
+    g.bench_function("json_decode_1000_keys", |b| {
+        b.iter(|| black_box(Format::Json.decode(black_box(under.as_bytes()))))
+    });
+
+    let complianz = ConsentSpec::new("cmplz_", Format::Complianz);
+    let cookies: Vec<String> = (0..3000).map(|i| format!("cmplz_c{i}=allow")).collect();
+    let header = cookies.join("; ");
+    g.bench_function("complianz_3000_cookies", |b| {
+        b.iter(|| black_box(complianz.from_request(pairs(black_box(header.as_bytes())), false)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, consent);
 criterion_main!(benches);

@@ -27,7 +27,7 @@ pub fn decode(value: &[u8]) -> Option<Granted> {
         None => map.remove("level")?,
     };
     match list {
-        Value::Array(items) => Some(json::strings(items)),
+        Value::Array(items) => json::strings(items),
         _ => None,
     }
 }

@@ -12,7 +12,7 @@
 //! ([`from_cookies`]) and a response's from each `Set-Cookie` in turn ([`apply`]).
 //! `[consent] cookie` is the prefix, `cmplz_` by default.
 
-use super::Granted;
+use super::{Granted, MAX_KEYS};
 
 /// The prefix of Complianz's cookies when `[consent] cookie` is not set.
 pub const DEFAULT_PREFIX: &str = "cmplz_";
@@ -39,48 +39,71 @@ pub fn allows(value: &[u8]) -> bool {
     super::unquote(value) == b"allow"
 }
 
-/// The categories a request grants, from its cookies as `(name, value)` in order; `None` when
-/// no cookie has the prefix. The first cookie of each category wins, as browsers send the most
-/// specific one first.
+/// What a request's Complianz cookies say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Categories {
+    /// No cookie has the prefix.
+    Missing,
+    /// More than [`MAX_KEYS`] cookies have the prefix: grants nothing (SPEC, Consent).
+    TooMany,
+    /// The categories set to `allow`.
+    Granted(Granted),
+}
+
+/// The categories a request grants, from its cookies as `(name, value)` in order. The first
+/// cookie of each category wins, as browsers send the most specific one first. Linear: one
+/// hash-set insert per prefixed cookie.
 pub fn from_cookies<'a>(
     prefix: &str,
     cookies: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
-) -> Option<Granted> {
-    let mut found = false;
-    let mut seen: Vec<&str> = Vec::new();
+) -> Categories {
+    let mut found = 0usize;
+    let mut seen: foldhash::HashSet<&str> = foldhash::HashSet::default();
     let mut granted: Vec<&str> = Vec::new();
     for (name, value) in cookies {
         if !has_prefix(prefix, name) {
             continue;
         }
-        found = true;
+        found += 1;
+        if found > MAX_KEYS {
+            return Categories::TooMany;
+        }
         let Some(category) = category(prefix, name) else {
             continue;
         };
-        if seen.contains(&category) {
+        if !seen.insert(category) {
             continue;
         }
-        seen.push(category);
         if allows(value) {
             granted.push(category);
         }
     }
-    found.then(|| Granted::from_keys(granted))
+    if found == 0 {
+        Categories::Missing
+    } else {
+        Categories::Granted(Granted::from_keys(granted))
+    }
 }
 
 /// Applies one `Set-Cookie` of the upstream response to the granted categories `keys`: a
 /// category cookie set to `allow` grants its category; set to anything else (`deny`) or deleted,
 /// withdraws it. Names without the prefix or without a category change nothing.
-pub fn apply(keys: &mut Vec<Box<str>>, prefix: &str, name: &[u8], value: &[u8], is_deletion: bool) {
+pub fn apply(
+    keys: &mut std::collections::BTreeSet<Box<str>>,
+    prefix: &str,
+    name: &[u8],
+    value: &[u8],
+    is_deletion: bool,
+) {
     let Some(category) = category(prefix, name) else {
         return;
     };
     if !is_deletion && allows(value) {
-        if !keys.iter().any(|k| **k == *category) {
-            keys.push(category.into());
+        if !keys.contains(category) {
+            keys.insert(category.into());
         }
     } else {
-        keys.retain(|k| **k != *category);
+        keys.remove(category);
     }
 }
 
@@ -90,11 +113,14 @@ mod tests {
     use crate::request_cookies::pairs;
 
     fn request(header: &str) -> Option<Vec<String>> {
-        from_cookies(
+        match from_cookies(
             DEFAULT_PREFIX,
             pairs(header.as_bytes()).map(|p| (p.name, p.value)),
-        )
-        .map(|g| g.keys().map(str::to_owned).collect())
+        ) {
+            Categories::Granted(g) => Some(g.keys().map(str::to_owned).collect()),
+            Categories::Missing => None,
+            Categories::TooMany => panic!("too many"),
+        }
     }
 
     fn owned(keys: &[&str]) -> Option<Vec<String>> {
@@ -160,13 +186,31 @@ mod tests {
         assert!(!has_prefix("", b"cmplz_marketing"));
         assert_eq!(
             from_cookies("", pairs(b"marketing=allow").map(|p| (p.name, p.value))),
-            None
+            Categories::Missing
+        );
+    }
+
+    #[test]
+    fn more_than_max_keys_prefixed_cookies_grant_nothing() {
+        let at_limit: Vec<String> = (0..MAX_KEYS).map(|i| format!("cmplz_c{i}=allow")).collect();
+        let header = at_limit.join("; ");
+        assert_eq!(request(&header).map(|k| k.len()), Some(MAX_KEYS));
+        let over = format!("{header}; cmplz_marketing=allow");
+        assert_eq!(
+            from_cookies(
+                DEFAULT_PREFIX,
+                pairs(over.as_bytes()).map(|p| (p.name, p.value))
+            ),
+            Categories::TooMany
         );
     }
 
     #[test]
     fn set_cookies_update_the_categories_in_order() {
-        let mut keys: Vec<Box<str>> = vec!["functional".into(), "statistics".into()];
+        let mut keys: std::collections::BTreeSet<Box<str>> =
+            ["functional".into(), "statistics".into()]
+                .into_iter()
+                .collect();
         apply(
             &mut keys,
             DEFAULT_PREFIX,
@@ -189,7 +233,10 @@ mod tests {
             false,
         );
         apply(&mut keys, DEFAULT_PREFIX, b"_ga", b"allow", false);
-        assert_eq!(keys, vec![Box::from("functional"), Box::from("marketing")]);
+        assert_eq!(
+            keys.iter().map(|k| &**k).collect::<Vec<_>>(),
+            ["functional", "marketing"]
+        );
         // A deletion withdraws, whatever its value.
         apply(
             &mut keys,
@@ -205,14 +252,14 @@ mod tests {
             b"allow",
             false,
         );
-        assert_eq!(keys, vec![Box::from("marketing")]);
+        assert_eq!(keys.iter().map(|k| &**k).collect::<Vec<_>>(), ["marketing"]);
     }
 
     #[test]
     fn never_panics() {
         for input in super::super::tests::noise() {
             let _ = from_cookies(DEFAULT_PREFIX, pairs(&input).map(|p| (p.name, p.value)));
-            let mut keys = Vec::new();
+            let mut keys = std::collections::BTreeSet::new();
             apply(&mut keys, DEFAULT_PREFIX, &input, &input, false);
             let _ = category(DEFAULT_PREFIX, &input);
         }

@@ -14,7 +14,7 @@
 //! empty grant here; what it grants is a per-host choice, `cookiebot_outside_region`, applied by
 //! [`super::ConsentSpec::from_value`] with [`is_outside_region`].
 
-use super::Granted;
+use super::{Granted, MAX_KEYS};
 
 /// Whether the value is Cookiebot's `-1`: a visitor outside any consent region.
 pub fn is_outside_region(value: &[u8]) -> bool {
@@ -22,7 +22,7 @@ pub fn is_outside_region(value: &[u8]) -> bool {
 }
 
 /// Decodes a `CookieConsent` value; `None` unless it is `0`, `-1` or a well-formed object
-/// literal (balanced quotes and brackets, every member `key:value`).
+/// literal (balanced quotes and brackets, every member `key:value`) of at most [`MAX_KEYS`] members.
 pub fn decode(value: &[u8]) -> Option<Granted> {
     let value = super::unquote(value);
     if value == b"0" || value == b"-1" {
@@ -33,11 +33,16 @@ pub fn decode(value: &[u8]) -> Option<Granted> {
         return None;
     };
     let mut keys = Vec::new();
+    let mut members = 0usize;
     for_each_member(body, |member| {
         let member = member.trim_ascii();
         if member.is_empty() {
             // `{}` or a trailing comma.
             return Some(());
+        }
+        members += 1;
+        if members > MAX_KEYS {
+            return None;
         }
         let at = member.iter().position(|&b| b == b':')?;
         let key = unquote_key(member[..at].trim_ascii());

@@ -7,13 +7,13 @@
 //! the visitor acted on the banner) are bookkeeping, not categories: they never grant, so a
 //! `consent:yes` cannot satisfy a registry entry whose consent key happens to be `consent`.
 
-use super::Granted;
+use super::{Granted, MAX_KEYS};
 
 /// The members that describe the consent record rather than a category.
 const META: [&[u8]; 3] = [b"consentid", b"consent", b"action"];
 
 /// Decodes a `cookieyes-consent` value; `None` unless it has at least one pair and every
-/// non-empty part is `key:value` with a non-empty key.
+/// non-empty part is `key:value` with a non-empty key, at most [`MAX_KEYS`] of them.
 pub fn decode(value: &[u8]) -> Option<Granted> {
     let text = super::percent_decoded(super::unquote(value));
     let mut keys = Vec::new();
@@ -29,6 +29,9 @@ pub fn decode(value: &[u8]) -> Option<Granted> {
             return None;
         }
         pairs += 1;
+        if pairs > MAX_KEYS {
+            return None;
+        }
         if part[at + 1..].trim_ascii() == b"yes" && !META.contains(&key) {
             // A key that is not UTF-8 can match no registry key.
             if let Ok(key) = std::str::from_utf8(key) {

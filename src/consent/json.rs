@@ -6,9 +6,10 @@
 
 use serde_json::{Map, Value};
 
-use super::Granted;
+use super::{Granted, MAX_KEYS};
 
-/// Decodes a `cookies_preferences` value; `None` when it is neither an object nor an array.
+/// Decodes a `cookies_preferences` value; `None` when it is neither an object nor an array, or
+/// when it has more than [`MAX_KEYS`] members or items (SPEC: such a value grants nothing).
 ///
 /// Runs once per request, so it streams: no JSON tree is built, only the granted keys are kept.
 /// Same rules as [`parse`] + [`true_keys`]/[`strings`]: a key is granted when its value is exactly
@@ -46,13 +47,18 @@ impl<'de> serde::de::Visitor<'de> for GrantedVisitor {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Granted, A::Error> {
-        let mut seen: Vec<(std::borrow::Cow<'de, str>, bool)> = Vec::new();
+        // Last occurrence wins: one hash-map insert per member keeps this linear (a search of
+        // the keys seen so far made an 8,000-key value cost a quarter of a second).
+        let mut seen: foldhash::HashMap<std::borrow::Cow<'de, str>, bool> =
+            foldhash::HashMap::default();
+        let mut members = 0usize;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let IsTrue(on) = map.next_value()?;
-            match seen.iter_mut().find(|(k, _)| *k == key) {
-                Some(slot) => slot.1 = on,
-                None => seen.push((key, on)),
+            members += 1;
+            if members > MAX_KEYS {
+                return Err(serde::de::Error::custom("more than MAX_KEYS keys"));
             }
+            let IsTrue(on) = map.next_value()?;
+            seen.insert(key, on);
         }
         Ok(Granted::from_keys(
             seen.into_iter()
@@ -63,7 +69,12 @@ impl<'de> serde::de::Visitor<'de> for GrantedVisitor {
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Granted, A::Error> {
         let mut keys = Vec::new();
+        let mut items = 0usize;
         while let Some(item) = seq.next_element::<MaybeString<'de>>()? {
+            items += 1;
+            if items > MAX_KEYS {
+                return Err(serde::de::Error::custom("more than MAX_KEYS keys"));
+            }
             if let MaybeString(Some(s)) = item {
                 keys.push(s.into_owned());
             }
@@ -200,21 +211,30 @@ pub(super) fn parse(value: &[u8]) -> Option<Value> {
     }
 }
 
-/// The keys of an object whose value is exactly `true` (not `1`, not `"true"`).
-pub(super) fn true_keys(map: Map<String, Value>) -> Granted {
-    Granted::from_keys(
+/// The keys of an object whose value is exactly `true` (not `1`, not `"true"`); `None` for an
+/// object of more than [`MAX_KEYS`] keys.
+pub(super) fn true_keys(map: Map<String, Value>) -> Option<Granted> {
+    if map.len() > MAX_KEYS {
+        return None;
+    }
+    Some(Granted::from_keys(
         map.into_iter()
             .filter(|(_, v)| *v == Value::Bool(true))
             .map(|(k, _)| k),
-    )
+    ))
 }
 
-/// The strings of an array; other items grant nothing.
-pub(super) fn strings(items: Vec<Value>) -> Granted {
-    Granted::from_keys(items.into_iter().filter_map(|v| match v {
-        Value::String(s) => Some(s),
-        _ => None,
-    }))
+/// The strings of an array; other items grant nothing. `None` for more than [`MAX_KEYS`] items.
+pub(super) fn strings(items: Vec<Value>) -> Option<Granted> {
+    if items.len() > MAX_KEYS {
+        return None;
+    }
+    Some(Granted::from_keys(items.into_iter().filter_map(
+        |v| match v {
+            Value::String(s) => Some(s),
+            _ => None,
+        },
+    )))
 }
 
 #[cfg(test)]
@@ -224,8 +244,8 @@ mod tests {
     /// The tree-building path the streaming `decode` replaces, kept as the reference.
     fn by_tree(v: &[u8]) -> Option<Granted> {
         match parse(v)? {
-            Value::Object(map) => Some(true_keys(map)),
-            Value::Array(items) => Some(strings(items)),
+            Value::Object(map) => true_keys(map),
+            Value::Array(items) => strings(items),
             _ => None,
         }
     }

@@ -13,7 +13,7 @@ use super::{json, Granted};
 /// Decodes a `klaro` value; `None` unless it is a JSON object.
 pub fn decode(value: &[u8]) -> Option<Granted> {
     match json::parse(value)? {
-        Value::Object(map) => Some(json::true_keys(map)),
+        Value::Object(map) => json::true_keys(map),
         _ => None,
     }
 }

@@ -34,6 +34,14 @@ use serde::Deserialize;
 
 use crate::request_cookies::CookiePair;
 
+/// A consent cookie value longer than this (in bytes, as sent) grants nothing (SPEC, Consent).
+pub const MAX_VALUE_BYTES: usize = 8192;
+
+/// A consent value holding more keys than this (members, items, groups or pairs, counted as
+/// written, duplicates included; for Complianz, prefixed cookies) grants nothing (SPEC, Consent).
+/// Every decoder stops reading once past it, so a hostile value costs no more than a valid one.
+pub const MAX_KEYS: usize = 1024;
+
 /// The consent keys a visitor granted. Invariant: sorted and without duplicates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Granted {
@@ -75,8 +83,11 @@ impl Granted {
 pub enum Source {
     /// No consent cookie in the request.
     Missing,
-    /// A consent cookie that did not decode: grants nothing.
+    /// A consent cookie that did not decode (or holds more than [`MAX_KEYS`] keys): grants
+    /// nothing.
     Undecodable,
+    /// A consent cookie value longer than [`MAX_VALUE_BYTES`]: grants nothing, not even read.
+    TooLarge,
     /// A consent cookie that decoded.
     Cookie,
     /// The upstream set or deleted the consent cookie in this response.
@@ -87,7 +98,8 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Source::Missing => "no consent cookie",
-            Source::Undecodable => "consent cookie does not decode",
+            Source::Undecodable => "consent cookie does not decode or holds more than 1,024 keys",
+            Source::TooLarge => "consent cookie larger than 8 KiB",
             Source::Cookie => "consent cookie",
             Source::Response => "consent cookie set by the upstream in this response",
         })
@@ -244,17 +256,16 @@ impl ConsentSpec {
         gpc: bool,
     ) -> Consent {
         if self.format == Format::Complianz {
-            let granted = complianz::from_cookies(
+            let (granted, source) = match complianz::from_cookies(
                 &self.cookie,
                 cookies.into_iter().map(|p| (p.name, p.value)),
-            );
-            let source = if granted.is_some() {
-                Source::Cookie
-            } else {
-                Source::Missing
+            ) {
+                complianz::Categories::Missing => (Granted::none(), Source::Missing),
+                complianz::Categories::TooMany => (Granted::none(), Source::Undecodable),
+                complianz::Categories::Granted(g) => (g, Source::Cookie),
             };
             return Consent {
-                granted: granted.unwrap_or_default(),
+                granted,
                 gpc,
                 source,
             };
@@ -267,12 +278,13 @@ impl ConsentSpec {
     }
 
     /// Decodes a consent cookie value (or its absence). `found` is the source to record when the
-    /// value decodes. A Cookiebot value of `-1` (a visitor outside any consent region) grants
+    /// value decodes. A value over [`MAX_VALUE_BYTES`] is not read and grants nothing. A Cookiebot value of `-1` (a visitor outside any consent region) grants
     /// exactly `cookiebot_outside_region`. Complianz values never decode alone (see
     /// [`Format::decode`]).
     pub fn from_value(&self, value: Option<&[u8]>, gpc: bool, found: Source) -> Consent {
         let (granted, source) = match value {
             None => (Granted::none(), Source::Missing),
+            Some(v) if v.len() > MAX_VALUE_BYTES => (Granted::none(), Source::TooLarge),
             Some(v) if self.format == Format::Cookiebot && cookiebot::is_outside_region(v) => (
                 Granted::from_keys(self.outside_region.iter().map(String::as_str)),
                 found,
@@ -309,7 +321,8 @@ impl ConsentSpec {
         let mut set_cookies = set_cookies.filter(|(name, _, _)| self.is_consent_cookie(name));
         if self.format == Format::Complianz {
             let first = set_cookies.next()?;
-            let mut keys: Vec<Box<str>> = request.granted.keys().map(Box::from).collect();
+            let mut keys: std::collections::BTreeSet<Box<str>> =
+                request.granted.keys().map(Box::from).collect();
             for (name, value, is_deletion) in std::iter::once(first).chain(set_cookies) {
                 complianz::apply(&mut keys, &self.cookie, name, value, is_deletion);
             }
@@ -562,6 +575,118 @@ mod tests {
         );
         assert!(c.granted.contains("ga"));
         assert!(!c.granted.contains("matomo"));
+    }
+
+    #[test]
+    fn first_consent_cookie_wins_across_cookie_headers() {
+        let headers = [
+            http::HeaderValue::from_static("a=1; cookies_preferences=%5B%22matomo%22%5D"),
+            http::HeaderValue::from_static("cookies_preferences=[\"ga\"]"),
+        ];
+        let c = spec().from_request(crate::request_cookies::all_pairs(&headers), false);
+        assert_eq!(c.granted, Granted::from_keys(["matomo"]));
+        // An undecodable first one is not skipped for a later one that decodes.
+        let c = spec().from_request(
+            pairs(b"cookies_preferences=garbage; cookies_preferences=[\"ga\"]"),
+            false,
+        );
+        assert_eq!(c.source, Source::Undecodable);
+        assert!(c.granted.is_empty());
+    }
+
+    /// A JSON object of `n` distinct keys, all `true`.
+    fn json_of(n: usize) -> String {
+        let members: Vec<String> = (0..n).map(|i| format!("\"k{i}\":true")).collect();
+        format!("{{{}}}", members.join(","))
+    }
+
+    #[test]
+    fn a_value_over_8_kib_grants_nothing() {
+        let mut value = String::from("{\"ga\":true");
+        while value.len() < MAX_VALUE_BYTES - 1 {
+            value.push(' ');
+        }
+        value.push('}');
+        assert_eq!(value.len(), MAX_VALUE_BYTES);
+        let c = spec().from_value(Some(value.as_bytes()), false, Source::Cookie);
+        assert_eq!(c.granted, Granted::from_keys(["ga"]));
+        value.insert(1, ' ');
+        let c = spec().from_value(Some(value.as_bytes()), false, Source::Cookie);
+        assert!(c.granted.is_empty());
+        assert_eq!(c.source, Source::TooLarge);
+        // In the request and in the response alike.
+        let header = format!("cookies_preferences={value}");
+        let c = spec().from_request(pairs(header.as_bytes()), false);
+        assert_eq!(c.source, Source::TooLarge);
+        let set = [(&b"cookies_preferences"[..], value.as_bytes(), false)];
+        let c = spec()
+            .from_response(&request_consent(&["ga"], false), set.into_iter())
+            .unwrap();
+        assert!(c.granted.is_empty());
+    }
+
+    #[test]
+    fn more_than_1024_keys_grant_nothing_in_every_format() {
+        let at = MAX_KEYS;
+        let over = MAX_KEYS + 1;
+        let many = |n: usize, f: &dyn Fn(usize) -> String, sep: &str| {
+            (0..n).map(f).collect::<Vec<_>>().join(sep)
+        };
+        let cases: Vec<(Format, String, String)> = vec![
+            (Format::Json, json_of(at), json_of(over)),
+            (
+                Format::Json,
+                format!("[{}]", many(at, &|i| format!("\"k{i}\""), ",")),
+                format!("[{}]", many(over, &|i| format!("\"k{i}\""), ",")),
+            ),
+            (Format::Klaro, json_of(at), json_of(over)),
+            (
+                Format::CcCookie,
+                format!(
+                    "{{\"categories\":[{}]}}",
+                    many(at, &|i| format!("\"k{i}\""), ",")
+                ),
+                format!(
+                    "{{\"categories\":[{}]}}",
+                    many(over, &|i| format!("\"k{i}\""), ",")
+                ),
+            ),
+            (
+                Format::OneTrust,
+                format!("groups={}", many(at, &|i| format!("C{i}:1"), ",")),
+                format!("groups={}", many(over, &|i| format!("C{i}:1"), ",")),
+            ),
+            (
+                Format::Cookiebot,
+                format!("{{{}}}", many(at, &|i| format!("k{i}:true"), ",")),
+                format!("{{{}}}", many(over, &|i| format!("k{i}:true"), ",")),
+            ),
+            (
+                Format::CookieYes,
+                many(at, &|i| format!("k{i}:yes"), ","),
+                many(over, &|i| format!("k{i}:yes"), ","),
+            ),
+        ];
+        for (format, at_limit, over_limit) in cases {
+            let granted = format.decode(at_limit.as_bytes());
+            assert_eq!(
+                granted.map(|g| g.keys().count()),
+                Some(MAX_KEYS),
+                "{format:?}"
+            );
+            assert_eq!(format.decode(over_limit.as_bytes()), None, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn duplicate_json_keys_last_one_wins_at_any_size() {
+        // 1,000 keys then the first one again, turned off: the last occurrence counts.
+        let mut members: Vec<String> = (0..1000).map(|i| format!("\"k{i}\":true")).collect();
+        members.push("\"k0\":false".to_owned());
+        let v = format!("{{{}}}", members.join(","));
+        let g = Format::Json.decode(v.as_bytes()).unwrap();
+        assert_eq!(g.keys().count(), 999);
+        assert!(!g.contains("k0") && g.contains("k1"));
     }
 
     #[test]

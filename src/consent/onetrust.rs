@@ -8,20 +8,25 @@
 //! Group ids are taken as they are (`C0002`, `BG50`, `STACK42`, the older numeric `2`); the
 //! `hosts` field (per-vendor consent) grants nothing.
 
-use super::Granted;
+use super::{Granted, MAX_KEYS};
 
-/// Decodes an `OptanonConsent` value; `None` when it has no `groups` field or a group entry is
-/// not `id:status`.
+/// Decodes an `OptanonConsent` value; `None` when it has no `groups` field, a group entry is
+/// not `id:status`, or there are more than [`MAX_KEYS`] groups.
 pub fn decode(value: &[u8]) -> Option<Granted> {
     let groups = super::unquote(value)
         .split(|&b| b == b'&')
         .find_map(|field| field.strip_prefix(b"groups="))?;
     let groups = super::percent_decoded(groups);
     let mut keys = Vec::new();
+    let mut entries = 0usize;
     for entry in groups.split(|&b| b == b',') {
         let entry = entry.trim_ascii();
         if entry.is_empty() {
             continue;
+        }
+        entries += 1;
+        if entries > MAX_KEYS {
+            return None;
         }
         let at = entry.iter().position(|&b| b == b':')?;
         let id = entry[..at].trim_ascii();
