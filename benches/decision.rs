@@ -237,6 +237,7 @@ fn bench(c: &mut Criterion) {
     let response = response();
     let refused = request(false);
     let granted = request(true);
+    let url = consent_gateway::jar::RequestUrl::new("dashboard.paris", "/explore/", true);
 
     // Sanity: the cases are the ones named.
     for (req, want_kept) in [(&refused, 3), (&granted, 7)] {
@@ -246,6 +247,7 @@ fn bench(c: &mut Criterion) {
             &request_consent(&policy, req),
             &mut h,
             now,
+            &url,
             |_, _| {},
         );
         assert_eq!((s.kept, s.dropped), (want_kept, 7 - want_kept));
@@ -285,6 +287,7 @@ fn bench(c: &mut Criterion) {
                         &consent,
                         headers,
                         now,
+                        &url,
                         |_, _| {},
                     ))
                 },

@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::consent::Consent;
 use crate::filter::{filter_set_cookies, response_consent};
+use crate::jar::RequestUrl;
 use crate::registry::HostPolicy;
 
 /// The consent a request carries for a host: its `Cookie` header(s) and `Sec-GPC`.
@@ -29,11 +30,12 @@ pub struct Line {
     pub detail: String,
 }
 
-/// Explains how `policy` treats `set_cookies` for a request with `cookie` and `gpc`.
+/// Explains how `policy` treats `set_cookies` for a request to `url` with `cookie` and `gpc`.
 pub fn explain(
     policy: &HostPolicy,
     cookie: Option<&str>,
     gpc: bool,
+    url: &RequestUrl<'_>,
     set_cookies: &[String],
     now: i64,
 ) -> Result<(Consent, Vec<Line>), String> {
@@ -53,9 +55,9 @@ pub fn explain(
         resp.append(SET_COOKIE, v);
     }
     let consent = request_consent(policy, &req);
-    let effective = response_consent(policy, &consent, &resp, now).into_owned();
+    let effective = response_consent(policy, &consent, &resp, now, url).into_owned();
     let mut lines = Vec::new();
-    filter_set_cookies(policy, &consent, &mut resp, now, |sc, d| {
+    filter_set_cookies(policy, &consent, &mut resp, now, url, |sc, d| {
         let name = String::from_utf8_lossy(sc.name).into_owned();
         let keys = d.entry.map(|e| e.consent.join(", ")).unwrap_or_default();
         let detail = match d.reason {

@@ -11,6 +11,7 @@ use http::header::{COOKIE, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderValue};
 
 use crate::consent::Consent;
+use crate::jar::{would_hold, RequestUrl};
 use crate::policy::{decide, judge_entry, Decision, Reason, Verdict};
 use crate::registry::{CookieEntry, HostPolicy, Mode, UnknownCookies};
 use crate::request_cookies::all_pairs;
@@ -22,6 +23,9 @@ pub struct Summary {
     pub kept: usize,
     pub dropped: usize,
     pub would_drop: usize,
+    /// Consent `Set-Cookie` headers that did not change the consent because a browser would not
+    /// hold them for the request URL (rule 4's decoys). Forwarded, and counted in `kept` too.
+    pub consent_not_held: usize,
 }
 
 impl Summary {
@@ -32,45 +36,62 @@ impl Summary {
 }
 
 /// The consent in effect for a response (SPEC, response rule 4): when the upstream sets the
-/// consent cookie anywhere in the response, the last such header's value replaces the request's
-/// consent for the whole response; deleting it means no consent. `Sec-GPC` carries over.
+/// consent cookie in the response, in a `Set-Cookie` that a browser would store and send back
+/// for this URL ([`crate::jar::would_hold`]), the last such header's value replaces the
+/// request's consent for the whole response; deleting it means no consent. A consent
+/// `Set-Cookie` the browser would not hold here changes nothing. `Sec-GPC` carries over.
 pub fn response_consent<'c>(
     policy: &HostPolicy,
     request: &'c Consent,
     headers: &HeaderMap,
     now: i64,
+    url: &RequestUrl<'_>,
 ) -> Cow<'c, Consent> {
     let parsed: Vec<SetCookie<'_>> = headers
         .get_all(SET_COOKIE)
         .iter()
         .map(|v| SetCookie::parse(v.as_bytes(), now))
         .collect();
-    consent_in_effect(policy, request, &parsed)
+    consent_in_effect(policy, request, &parsed, url).0
 }
 
 /// [`response_consent`] over `Set-Cookie` values already parsed (the rule itself, per format,
-/// is [`crate::consent::ConsentSpec::from_response`]).
+/// is [`crate::consent::ConsentSpec::from_response`]). Also returns how many consent
+/// `Set-Cookie` headers were set aside because a browser would not hold them for `url`.
 fn consent_in_effect<'c>(
     policy: &HostPolicy,
     request: &'c Consent,
     parsed: &[SetCookie<'_>],
-) -> Cow<'c, Consent> {
-    match policy.consent.from_response(
-        request,
-        parsed.iter().map(|sc| (sc.name, sc.value, sc.is_deletion)),
-    ) {
+    url: &RequestUrl<'_>,
+) -> (Cow<'c, Consent>, usize) {
+    let mut ignored = 0;
+    let held = parsed.iter().filter(|sc| {
+        if !policy.consent.is_consent_cookie(sc.name) {
+            return false;
+        }
+        let held = would_hold(sc, url).is_ok();
+        ignored += usize::from(!held);
+        held
+    });
+    let consent = match policy
+        .consent
+        .from_response(request, held.map(|sc| (sc.name, sc.value, sc.is_deletion)))
+    {
         None => Cow::Borrowed(request),
         Some(c) => Cow::Owned(c),
-    }
+    };
+    (consent, ignored)
 }
 
 /// Filters the `Set-Cookie` headers of an upstream response in place. `observe` sees every
-/// header with its decision, in order (for metrics, logs and `explain`).
+/// header with its decision, in order (for metrics, logs and `explain`). `url` is the request's
+/// (rule 4 judges the upstream's consent cookie by it).
 pub fn filter_set_cookies<'p>(
     policy: &'p HostPolicy,
     request_consent: &Consent,
     headers: &mut HeaderMap,
     now: i64,
+    url: &RequestUrl<'_>,
     observe: impl FnMut(&SetCookie<'_>, &Decision<'p>),
 ) -> Summary {
     filter_response(
@@ -79,6 +100,7 @@ pub fn filter_set_cookies<'p>(
         &RequestSide::default(),
         headers,
         now,
+        url,
         observe,
     )
     .0
@@ -94,6 +116,7 @@ pub fn filter_response<'p, 's>(
     side: &'s RequestSide<'_>,
     headers: &mut HeaderMap,
     now: i64,
+    url: &RequestUrl<'_>,
     mut observe: impl FnMut(&SetCookie<'_>, &Decision<'p>),
 ) -> (Summary, Vec<&'s [u8]>) {
     let mut summary = Summary::default();
@@ -107,7 +130,9 @@ pub fn filter_response<'p, 's>(
             .map(|v| SetCookie::parse(v.as_bytes(), now))
             .collect();
         // `Some` only when the upstream's own consent cookie changes the consent.
-        let changed = match consent_in_effect(policy, request_consent, &parsed) {
+        let (effective, not_held) = consent_in_effect(policy, request_consent, &parsed, url);
+        summary.consent_not_held = not_held;
+        let changed = match effective {
             Cow::Borrowed(_) => None,
             Cow::Owned(c) => Some(c),
         };
@@ -388,6 +413,11 @@ mod tests {
 
     const NOW: i64 = 1_779_000_000;
 
+    /// The URL the unit tests' responses answer: `http://portal.test/`.
+    fn test_url() -> RequestUrl<'static> {
+        RequestUrl::new("portal.test", "/", false)
+    }
+
     pub(crate) fn policy(mode: Mode) -> HostPolicy {
         let e = |name: &str, cat: &str| CookieEntry {
             matcher: CookieMatcher::Name(name.into()),
@@ -462,14 +492,15 @@ mod tests {
             "x=1",
             "_gid=2",
         ]);
-        let s = filter_set_cookies(&p, &consent(&[]), &mut h, NOW, |_, _| {});
+        let s = filter_set_cookies(&p, &consent(&[]), &mut h, NOW, &test_url(), |_, _| {});
         assert_eq!(set_cookies(&h), vec!["sessionid=abc;  HttpOnly ;Secure"]);
         assert_eq!(
             s,
             Summary {
                 kept: 1,
                 dropped: 3,
-                would_drop: 0
+                would_drop: 0,
+                consent_not_held: 0
             }
         );
         assert_eq!(h.get("content-type").unwrap(), "text/html");
@@ -484,7 +515,7 @@ mod tests {
             "_gid=2; Domain=.t.example",
         ];
         let mut h = headers(&all);
-        filter_set_cookies(&p, &consent(&["ga"]), &mut h, NOW, |_, _| {});
+        filter_set_cookies(&p, &consent(&["ga"]), &mut h, NOW, &test_url(), |_, _| {});
         assert_eq!(set_cookies(&h), all.to_vec());
     }
 
@@ -493,14 +524,15 @@ mod tests {
         let p = policy(Mode::ReportOnly);
         let all = ["_ga=1", "sessionid=abc", "x=1"];
         let mut h = headers(&all);
-        let s = filter_set_cookies(&p, &consent(&[]), &mut h, NOW, |_, _| {});
+        let s = filter_set_cookies(&p, &consent(&[]), &mut h, NOW, &test_url(), |_, _| {});
         assert_eq!(set_cookies(&h), all.to_vec());
         assert_eq!(
             s,
             Summary {
                 kept: 1,
                 dropped: 0,
-                would_drop: 2
+                would_drop: 2,
+                consent_not_held: 0
             }
         );
     }
@@ -514,15 +546,89 @@ mod tests {
             "cookies_preferences={\"ga\":true}; Path=/",
             "_gid=2",
         ]);
-        filter_set_cookies(&p, &consent(&[]), &mut h, NOW, |_, _| {});
+        filter_set_cookies(&p, &consent(&[]), &mut h, NOW, &test_url(), |_, _| {});
         assert_eq!(set_cookies(&h).len(), 3);
+    }
+
+    #[test]
+    fn a_consent_cookie_the_browser_would_not_hold_grants_nothing() {
+        let p = policy(Mode::Enforce);
+        // Each decoy is forwarded (the consent cookie is always necessary) but leaves the
+        // request's consent (nothing granted) in force, so `_ga` is dropped.
+        let url = RequestUrl::new("www.portal.test", "/explore/", false);
+        for decoy in [
+            "cookies_preferences=[\"ga\"]; Domain=other.test; Path=/",
+            "cookies_preferences=[\"ga\"]; Domain=test; Path=/",
+            "cookies_preferences=[\"ga\"]; Path=/admin",
+            "cookies_preferences=[\"ga\"]; Path=/; Secure",
+            "cookies_preferences=[\"ga\"]; Path=/; Domain=www.portal.test.evil",
+        ] {
+            let mut h = headers(&["_ga=1", decoy]);
+            let s = filter_set_cookies(&p, &consent(&[]), &mut h, NOW, &url, |_, _| {});
+            assert_eq!(set_cookies(&h), vec![decoy], "{decoy}");
+            assert_eq!(s.consent_not_held, 1, "{decoy}");
+        }
+        // A decoy after a real one does not undo it either: the last *held* header counts.
+        let mut h = headers(&[
+            "cookies_preferences=[\"ga\"]; Path=/",
+            "cookies_preferences=[]; Path=/elsewhere",
+            "_ga=1",
+        ]);
+        filter_set_cookies(&p, &consent(&[]), &mut h, NOW, &url, |_, _| {});
+        assert_eq!(set_cookies(&h).len(), 3);
+        // Held: host-only, the registrable domain, a parent path, the default path.
+        for held in [
+            "cookies_preferences=[\"ga\"]; Path=/",
+            "cookies_preferences=[\"ga\"]; Domain=portal.test; Path=/",
+            "cookies_preferences=[\"ga\"]; Domain=.WWW.portal.test; Path=/explore",
+            "cookies_preferences=[\"ga\"]",
+        ] {
+            let mut h = headers(&["_ga=1", held]);
+            let s = filter_set_cookies(&p, &consent(&[]), &mut h, NOW, &url, |_, _| {});
+            assert_eq!(set_cookies(&h).len(), 2, "{held}");
+            assert_eq!(s.consent_not_held, 0, "{held}");
+        }
+        // Secure is held over https, and a __Host- consent cookie needs its prefix rules there.
+        let https = RequestUrl::new("www.portal.test", "/", true);
+        let mut h = headers(&["_ga=1", "cookies_preferences=[\"ga\"]; Path=/; Secure"]);
+        filter_set_cookies(&p, &consent(&[]), &mut h, NOW, &https, |_, _| {});
+        assert_eq!(set_cookies(&h).len(), 2);
+    }
+
+    #[test]
+    fn a_deletion_of_the_consent_cookie_elsewhere_withdraws_nothing() {
+        let p = policy(Mode::Enforce);
+        let mut h = headers(&["_ga=1", "cookies_preferences=; Max-Age=0; Path=/other"]);
+        filter_set_cookies(&p, &consent(&["ga"]), &mut h, NOW, &test_url(), |_, _| {});
+        assert_eq!(set_cookies(&h).len(), 2);
+    }
+
+    #[test]
+    fn complianz_category_cookies_follow_the_same_rule() {
+        let mut p = policy(Mode::Enforce);
+        p.consent = ConsentSpec::new("cmplz_", Format::Complianz);
+        let url = RequestUrl::new("www.portal.test", "/", false);
+        let c = Consent {
+            granted: Granted::none(),
+            gpc: false,
+            source: Source::Cookie,
+        };
+        let mut h = headers(&["cmplz_ga=allow; Domain=elsewhere.test", "_ga=1"]);
+        filter_set_cookies(&p, &c, &mut h, NOW, &url, |_, _| {});
+        assert_eq!(
+            set_cookies(&h),
+            vec!["cmplz_ga=allow; Domain=elsewhere.test"]
+        );
+        let mut h = headers(&["cmplz_ga=allow; Domain=portal.test", "_ga=1"]);
+        filter_set_cookies(&p, &c, &mut h, NOW, &url, |_, _| {});
+        assert_eq!(set_cookies(&h).len(), 2);
     }
 
     #[test]
     fn consent_deleted_in_response_means_no_consent() {
         let p = policy(Mode::Enforce);
         let mut h = headers(&["_ga=1", "cookies_preferences=; Max-Age=0", "sessionid=2"]);
-        filter_set_cookies(&p, &consent(&["ga"]), &mut h, NOW, |_, _| {});
+        filter_set_cookies(&p, &consent(&["ga"]), &mut h, NOW, &test_url(), |_, _| {});
         assert_eq!(
             set_cookies(&h),
             vec!["cookies_preferences=; Max-Age=0", "sessionid=2"]
@@ -537,7 +643,7 @@ mod tests {
             "cookies_preferences=[]",
             "_ga=1",
         ]);
-        filter_set_cookies(&p, &consent(&["ga"]), &mut h, NOW, |_, _| {});
+        filter_set_cookies(&p, &consent(&["ga"]), &mut h, NOW, &test_url(), |_, _| {});
         assert_eq!(
             set_cookies(&h),
             vec!["cookies_preferences=[\"ga\"]", "cookies_preferences=[]"]
@@ -549,7 +655,7 @@ mod tests {
         let p = policy(Mode::Enforce);
         let mut h = headers(&["_ga=1", "sessionid=2", "zz=3"]);
         let mut seen = Vec::new();
-        filter_set_cookies(&p, &consent(&[]), &mut h, NOW, |sc, d| {
+        filter_set_cookies(&p, &consent(&[]), &mut h, NOW, &test_url(), |sc, d| {
             seen.push((
                 String::from_utf8_lossy(sc.name).into_owned(),
                 d.verdict,
@@ -571,7 +677,7 @@ mod tests {
         let p = policy(Mode::Enforce);
         let mut h = headers(&[]);
         let before = h.clone();
-        assert!(!filter_set_cookies(&p, &consent(&[]), &mut h, NOW, |_, _| {}).any());
+        assert!(!filter_set_cookies(&p, &consent(&[]), &mut h, NOW, &test_url(), |_, _| {}).any());
         assert_eq!(h, before);
     }
 
@@ -667,7 +773,7 @@ mod tests {
         let mut req = request(cookie);
         let side = strip_request(&p, &c, &mut req);
         let mut resp = headers(upstream_sets);
-        filter_response(&p, &c, &side, &mut resp, NOW, |_, _| {});
+        filter_response(&p, &c, &side, &mut resp, NOW, &test_url(), |_, _| {});
         set_cookies(&resp).into_iter().map(str::to_owned).collect()
     }
 

@@ -6,7 +6,9 @@
 //! - [`host`]: host patterns (`name`, `*.suffix`) and the most-specific-match host table.
 //! - [`request_cookies`]: the request's `Cookie` header(s) read as bytes.
 //! - [`consent`]: consent cookie decoding, one module per format, and `Sec-GPC`.
-//! - [`set_cookie`]: one `Set-Cookie` value read as a browser reads it (name, deletion).
+//! - [`set_cookie`]: one `Set-Cookie` value read as a browser reads it (name, deletion, attributes).
+//! - [`jar`]: what a browser's jar would do: hold a `Set-Cookie` for a URL or not (RFC 6265bis
+//!   storage model, Public Suffix List), and the `Domain` variants a purge must cover.
 //! - [`registry`]: the compiled per-host policy and its cookie-name index.
 //! - [`policy`]: the keep/drop decision for one `Set-Cookie`, with its reason.
 //! - [`filter`]: the decision applied to a response's headers; `Vary: Cookie`.
@@ -47,6 +49,7 @@ pub mod hardening;
 pub mod host;
 pub mod import;
 pub mod inventory;
+pub mod jar;
 pub mod metrics;
 pub mod policy;
 pub mod policy_page;

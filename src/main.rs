@@ -84,6 +84,13 @@ enum Command {
         /// The request carries Sec-GPC: 1.
         #[arg(long)]
         gpc: bool,
+        /// The request's path (a consent Set-Cookie counts only if a browser would send it
+        /// back for this path).
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// The request came over https (a Secure consent Set-Cookie needs it).
+        #[arg(long)]
+        https: bool,
         /// A Set-Cookie value from the upstream (repeat for several).
         #[arg(long = "set-cookie", required = true)]
         set_cookie: Vec<String>,
@@ -127,8 +134,17 @@ fn main() -> ExitCode {
             host,
             cookie,
             gpc,
+            path,
+            https,
             set_cookie,
-        } => explain(&config, &host, cookie.as_deref(), gpc, &set_cookie),
+        } => explain(
+            &config,
+            &host,
+            cookie.as_deref(),
+            gpc,
+            &consent_gateway::jar::RequestUrl::new(&host, &path, https),
+            &set_cookie,
+        ),
         Command::Audit {
             command: AuditCommand::Verify { files },
         } => audit_verify(&files),
@@ -495,6 +511,7 @@ fn explain(
     host: &str,
     cookie: Option<&str>,
     gpc: bool,
+    url: &consent_gateway::jar::RequestUrl<'_>,
     set_cookies: &[String],
 ) -> ExitCode {
     let registry = match config::load(path) {
@@ -512,6 +529,7 @@ fn explain(
         policy,
         cookie,
         gpc,
+        url,
         set_cookies,
         consent_gateway::unix_now(),
     ) {

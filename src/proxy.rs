@@ -21,6 +21,7 @@ use crate::config::{Cidr, Limits};
 use crate::error::ProxyError;
 use crate::filter::{add_vary_cookie, filter_response, strip_request, Summary};
 use crate::inventory::{Inventory, Shard};
+use crate::jar::RequestUrl;
 use crate::metrics::{CounterCache, HostKind, HostLabel, Metrics};
 use crate::policy::Verdict;
 use crate::registry::{HostPolicy, Mode};
@@ -301,6 +302,8 @@ impl Proxy {
                 .recorder(policy, crate::unix_now())
                 .request_cookies(req.headers());
         }
+        // Shares the request's bytes: the URL cookies are judged against (rule 4, purge).
+        let request_uri = req.uri().clone();
         let upgrade = requested_upgrade(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         // With the audit log on: what a record of this request needs, read before the request is
@@ -415,6 +418,7 @@ impl Proxy {
         }
 
         let now = crate::unix_now();
+        let url = RequestUrl::new(&host, request_uri.path(), self.scheme == "https");
         let metrics = &self.metrics;
         let mut groups: Vec<((&str, &'static str), u64)> = Vec::with_capacity(4);
         // The inventory sees every upstream Set-Cookie (attributes first, then each verdict).
@@ -430,7 +434,7 @@ impl Proxy {
         // `None` inside: the request's consent stands.
         let mut audit_cookies = audit.as_ref().map(|_| {
             let changed = if parts.headers.contains_key(header::SET_COOKIE) {
-                match crate::filter::response_consent(policy, &consent, &parts.headers, now) {
+                match crate::filter::response_consent(policy, &consent, &parts.headers, now, &url) {
                     std::borrow::Cow::Borrowed(_) => None,
                     std::borrow::Cow::Owned(c) => Some(c),
                 }
@@ -439,8 +443,14 @@ impl Proxy {
             };
             (changed, Vec::new())
         });
-        let (summary, purged) =
-            filter_response(policy, &consent, &side, &mut parts.headers, now, |sc, d| {
+        let (summary, purged) = filter_response(
+            policy,
+            &consent,
+            &side,
+            &mut parts.headers,
+            now,
+            &url,
+            |sc, d| {
                 if let Some((_, facts)) = audit_cookies.as_mut() {
                     facts.push(crate::audit::CookieFacts {
                         name: String::from_utf8_lossy(sc.name).into_owned(),
@@ -479,9 +489,18 @@ impl Proxy {
                         "set-cookie would be dropped (report-only)"
                     ),
                 }
-            });
+            },
+        );
         // Releases this worker's inventory shard (never held across an await).
         drop(inventory);
+        if summary.consent_not_held > 0 {
+            tracing::info!(
+                host = %policy.name,
+                cookie = %policy.consent.cookie,
+                count = summary.consent_not_held,
+                "consent set-cookie from the upstream ignored: a browser would not hold it for this URL"
+            );
+        }
         for ((category, verdict), n) in groups {
             self.counters
                 .set_cookie(metrics, &policy.name, category, verdict, n);

@@ -1,8 +1,9 @@
 //! Reading one `Set-Cookie` header value the way a browser does (RFC 6265bis §5.6).
 //!
 //! Pure: the caller passes the clock. Only what the decision needs is read: the cookie name and
-//! whether the header deletes the cookie. Attribute values that do not parse are ignored, as a
-//! browser ignores them.
+//! value, whether the header deletes the cookie, and the attributes that say where a browser
+//! would store it (`Domain`, `Path`, `Secure`; judged by [`crate::jar`]). Attribute values that
+//! do not parse are ignored, as a browser ignores them.
 
 /// What the decision needs to know about one `Set-Cookie` header value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,7 +15,21 @@ pub struct SetCookie<'a> {
     pub value: &'a [u8],
     /// `Max-Age` <= 0, or (without a valid `Max-Age`) an `Expires` at or before `now`.
     pub is_deletion: bool,
+    /// The last `Domain` attribute with a non-empty value (RFC 6265bis §5.6.3), as written:
+    /// leading dot and case kept ([`crate::jar`] canonicalises it). `None`: host-only.
+    pub domain: Option<&'a [u8]>,
+    /// The last `Path` attribute, when its value starts with `/` (§5.6.4). `None` when there is
+    /// none, or when the last one is empty or relative: the cookie gets the request's
+    /// default-path.
+    pub path: Option<&'a [u8]>,
+    /// A `Path` attribute was present at all (the `__Host-` prefix asks for one).
+    pub has_path_attribute: bool,
+    /// A `Secure` attribute was present.
+    pub secure: bool,
 }
+
+/// Attribute values longer than this are ignored, as browsers ignore them (RFC 6265bis §5.6).
+pub const MAX_ATTRIBUTE_VALUE: usize = 1024;
 
 use crate::request_cookies::trim;
 
@@ -34,10 +49,17 @@ impl<'a> SetCookie<'a> {
         // The last valid occurrence of each attribute wins; invalid ones are ignored.
         let mut max_age: Option<bool> = None; // Some(true) = deletes
         let mut expires_past: Option<bool> = None;
+        let mut domain = None;
+        let mut path = None;
+        let mut has_path_attribute = false;
+        let mut secure = false;
         for av in attrs.split(|&b| b == b';') {
             let (k, v) = split_once(av, b'=').unwrap_or((av, &[]));
             let k = trim(k);
             let v = trim(v);
+            if v.len() > MAX_ATTRIBUTE_VALUE {
+                continue;
+            }
             if k.eq_ignore_ascii_case(b"max-age") {
                 if let Some(deletes) = max_age_deletes(v) {
                     max_age = Some(deletes);
@@ -46,6 +68,15 @@ impl<'a> SetCookie<'a> {
                 if let Some(t) = parse_cookie_date(v) {
                     expires_past = Some(t <= now);
                 }
+            } else if k.eq_ignore_ascii_case(b"domain") {
+                if !v.is_empty() {
+                    domain = Some(v);
+                }
+            } else if k.eq_ignore_ascii_case(b"path") {
+                has_path_attribute = true;
+                path = v.starts_with(b"/").then_some(v);
+            } else if k.eq_ignore_ascii_case(b"secure") {
+                secure = true;
             }
         }
         let is_deletion = max_age.or(expires_past).unwrap_or(false);
@@ -53,6 +84,10 @@ impl<'a> SetCookie<'a> {
             name,
             value,
             is_deletion,
+            domain,
+            path,
+            has_path_attribute,
+            secure,
         }
     }
 }
@@ -302,6 +337,36 @@ mod tests {
         // "Max-Age=0" as the cookie's own pair is a cookie named Max-Age, not a deletion.
         assert!(!deletes("Max-Age=0"));
         assert_eq!(name("Max-Age=0"), "Max-Age");
+    }
+
+    #[test]
+    fn domain_path_and_secure_are_read_as_a_browser_reads_them() {
+        let sc = SetCookie::parse(
+            b"a=1; Domain=.Portal.Test; path=/x; SECURE; Domain=; Path=relative",
+            NOW,
+        );
+        // An empty Domain is ignored; a relative Path replaces the earlier one with the default.
+        assert_eq!(sc.domain, Some(&b".Portal.Test"[..]));
+        assert_eq!(sc.path, None);
+        assert!(sc.has_path_attribute && sc.secure);
+        let sc = SetCookie::parse(b"a=1; Path=/a; Domain=x.test; Domain=y.test", NOW);
+        assert_eq!(sc.domain, Some(&b"y.test"[..]));
+        assert_eq!(sc.path, Some(&b"/a"[..]));
+        assert!(!sc.secure);
+        let sc = SetCookie::parse(b"a=1", NOW);
+        assert_eq!(
+            (sc.domain, sc.path, sc.has_path_attribute),
+            (None, None, false)
+        );
+        // Over 1,024 bytes, an attribute value is ignored.
+        let long = format!("a=1; Domain=x.test; Domain={}.test", "a".repeat(1100));
+        assert_eq!(
+            SetCookie::parse(long.as_bytes(), NOW).domain,
+            Some(&b"x.test"[..])
+        );
+        // The cookie's own pair is not an attribute.
+        let sc = SetCookie::parse(b"Secure=1; Path=/", NOW);
+        assert!(!sc.secure);
     }
 
     #[test]

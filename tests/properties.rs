@@ -26,6 +26,11 @@ use consent_gateway::set_cookie::{parse_cookie_date, SetCookie};
 /// 2026-05-17, as in the unit tests.
 const NOW: i64 = 1_779_000_000;
 
+/// The URL the responses answer: `http://portal.test/`.
+fn test_url() -> consent_gateway::jar::RequestUrl<'static> {
+    consent_gateway::jar::RequestUrl::new("portal.test", "/", false)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Registry
 
@@ -402,7 +407,9 @@ fn check_filter(
 ) -> Result<(HeaderMap, Summary), TestCaseError> {
     let mut out = input.clone();
     let mut verdicts = Vec::new();
-    let summary = filter_set_cookies(p, c, &mut out, NOW, |_, d| verdicts.push(d.verdict));
+    let summary = filter_set_cookies(p, c, &mut out, NOW, &test_url(), |_, d| {
+        verdicts.push(d.verdict)
+    });
     let before = set_cookies(input);
     let after = set_cookies(&out);
 
@@ -472,7 +479,7 @@ proptest! {
     ) {
         let p = policy(Mode::Enforce, false);
         let mut out = response(&values);
-        filter_set_cookies(&p, &c, &mut out, NOW, |_, _| {});
+        filter_set_cookies(&p, &c, &mut out, NOW, &test_url(), |_, _| {});
         let after = set_cookies(&out);
         for v in &values {
             let sc = SetCookie::parse(v.as_bytes(), NOW);
@@ -520,7 +527,7 @@ proptest! {
             .collect();
         let mode = if report_only { Mode::ReportOnly } else { Mode::Enforce };
         let p = policy(mode, false);
-        let (_, lines) = explain(&p, cookie.as_deref(), gpc, &texts, NOW).unwrap();
+        let (_, lines) = explain(&p, cookie.as_deref(), gpc, &test_url(), &texts, NOW).unwrap();
 
         let mut req = HeaderMap::new();
         if let Some(c) = &cookie {
@@ -536,7 +543,7 @@ proptest! {
         }
         let before = set_cookies(&resp);
         let mut seen = Vec::new();
-        filter_set_cookies(&p, &c, &mut resp, NOW, |sc, d| {
+        filter_set_cookies(&p, &c, &mut resp, NOW, &test_url(), |sc, d| {
             seen.push((
                 d.verdict.as_str(),
                 String::from_utf8_lossy(sc.name).into_owned(),

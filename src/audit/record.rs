@@ -155,8 +155,9 @@ pub struct ConsentFacts {
     pub granted: Vec<String>,
     /// The request carried `Sec-GPC: 1`.
     pub gpc: bool,
-    /// Where `granted` comes from: `none` (no consent cookie), `undecodable`, `request`, or
-    /// `response` (a consent cookie the upstream set in this response).
+    /// Where `granted` comes from: `none` (no consent cookie), `undecodable`, `too_large` (over
+    /// 8 KiB: not read), `request`, or `response` (a consent cookie the upstream set in this
+    /// response).
     pub source: &'static str,
 }
 
@@ -192,6 +193,7 @@ impl ConsentFacts {
             source: match effective.source {
                 Source::Missing => "none",
                 Source::Undecodable => "undecodable",
+                Source::TooLarge => "too_large",
                 Source::Cookie => "request",
                 Source::Response => "response",
             },
