@@ -181,6 +181,7 @@ struct RawLimits {
     max_header_bytes: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
     shutdown_grace: Option<Spanned<String>>,
+    memory_budget: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -242,6 +243,47 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time in-flight requests get to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Bytes the worst case of `max_connections` stalled clients may take ([`Limits::worst_case_memory`]);
+    /// `check` warns when it does not fit.
+    pub memory_budget: u64,
+}
+
+/// The memory model behind `[limits] memory_budget`, from the bounds set in `server` and `tls`
+/// and the resident sizes measured by `tests/memory.rs` (docs/configuration.md, "Memory per
+/// connection").
+pub mod memory {
+    /// The process itself: runtime, registry, metrics, TLS configuration.
+    pub const PROCESS: u64 = 20 << 20;
+    /// An HTTP/1 connection whose client stopped reading a large response (measured: 47 to 56 KiB).
+    pub const H1_STALLED: u64 = 56 << 10;
+    /// An HTTP/1 connection itself (measured idle: 14 KiB), before its request head buffer.
+    pub const H1_BASE: u64 = 16 << 10;
+    /// HTTP/2 streams per connection (`server::H2_MAX_STREAMS`).
+    pub const H2_STREAMS: u64 = 64;
+    /// One stalled HTTP/2 stream with its upstream connection (measured: about 87 KiB).
+    pub const H2_STREAM: u64 = 88 << 10;
+    /// What an HTTP/2 client may upload ahead on one connection (`server::H2_CONNECTION_WINDOW`).
+    pub const H2_RECEIVE_WINDOW: u64 = 1 << 20;
+}
+
+impl Limits {
+    /// The most one client connection can hold: an HTTP/1 connection stalled on a response, or
+    /// one still sending a request head of `max_header_bytes`; with `h2` (an https listener),
+    /// an HTTP/2 connection with every stream stalled.
+    pub fn worst_case_per_connection(&self, h2: bool) -> u64 {
+        let head = memory::H1_BASE + self.max_header_bytes as u64;
+        let h1 = memory::H1_STALLED.max(head);
+        if h2 {
+            h1.max(memory::H2_STREAMS * memory::H2_STREAM + memory::H2_RECEIVE_WINDOW)
+        } else {
+            h1
+        }
+    }
+
+    /// The resident memory of `max_connections` worst-case connections, plus the process.
+    pub fn worst_case_memory(&self, h2: bool) -> u64 {
+        memory::PROCESS + self.max_connections as u64 * self.worst_case_per_connection(h2)
+    }
 }
 
 impl Default for Limits {
@@ -254,6 +296,7 @@ impl Default for Limits {
             max_header_bytes: 65_536,
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
+            memory_budget: 256 << 20,
         }
     }
 }
@@ -577,6 +620,13 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
                     "limits.max_header_bytes: must be {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES}"
                 ),
             )),
+        }
+    }
+    if let Some(v) = &l.memory_budget {
+        match parse_size(v.get_ref()) {
+            Ok(n) if n >= 16 << 20 => limits.memory_budget = n,
+            Ok(_) => errors.push(src.error(v.span(), "limits.memory_budget: at least 16MiB")),
+            Err(e) => errors.push(src.error(v.span(), format!("limits.memory_budget: {e}"))),
         }
     }
     if let Some(v) = &l.max_connections {

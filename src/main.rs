@@ -369,6 +369,7 @@ fn check(path: &Path) -> ExitCode {
                     p.consent.cookie,
                 );
             }
+            check_memory(&cfg);
             if let Some(a) = &cfg.audit {
                 check_audit(&cfg.file, a);
             }
@@ -381,6 +382,34 @@ fn check(path: &Path) -> ExitCode {
             eprintln!("{errors}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// One line about memory: the worst case of `max_connections` stalled clients against
+/// `[limits] memory_budget`, a warning (on stderr; the exit code stays 0) when it does not fit.
+fn check_memory(cfg: &config::GatewayConfig) {
+    let l = &cfg.limits;
+    let h2 = cfg.listen_https.is_some();
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    let per = l.worst_case_per_connection(h2);
+    let worst = l.worst_case_memory(h2);
+    let line = format!(
+        "memory: worst case {} MiB = {} MiB for the process + {} connections x {} KiB ({}), budget {} MiB",
+        mib(worst),
+        mib(config::memory::PROCESS),
+        l.max_connections,
+        per.div_ceil(1024),
+        if h2 { "HTTP/2 with every stream stalled" } else { "HTTP/1, stalled or sending a whole head" },
+        mib(l.memory_budget),
+    );
+    if worst <= l.memory_budget {
+        println!("{line}");
+    } else {
+        let fits = l.memory_budget.saturating_sub(config::memory::PROCESS) / per.max(1);
+        eprintln!(
+            "{}: warning: {line}: does not fit; limits.max_connections = {fits} would",
+            cfg.file.display()
+        );
     }
 }
 

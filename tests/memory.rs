@@ -286,3 +286,55 @@ async fn stalled_http2_streams_cost_little_memory() {
     );
     drop(held);
 }
+
+/// `check` computes the worst case of `max_connections` stalled clients from the config and
+/// warns (exit 0) when it does not fit `[limits] memory_budget`.
+#[test]
+fn check_warns_when_the_worst_case_does_not_fit_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("hosts")).unwrap();
+    std::fs::write(
+        dir.path().join("hosts/portal.toml"),
+        portal_toml("127.0.0.1:9".parse().unwrap(), ""),
+    )
+    .unwrap();
+    let run = |limits: &str| {
+        std::fs::write(
+            dir.path().join("gateway.toml"),
+            format!(
+                "[listen]\nhttp = \"127.0.0.1:0\"\n[registry]\ndir = \"hosts\"\n[limits]\n{limits}"
+            ),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(dir.path().join("gateway.toml"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The defaults: 10,000 connections of 80 KiB do not fit 256 MiB.
+    let (code, _, err) = run("");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("warning: memory: worst case 802 MiB"), "{err}");
+    assert!(
+        err.contains("does not fit; limits.max_connections = 3020 would"),
+        "{err}"
+    );
+    // What the shipped Kubernetes config says.
+    let (code, out, err) = run("memory_budget = \"256MiB\"\nmax_connections = 3000\n");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("memory: worst case 255 MiB"), "{out}");
+    assert!(!err.contains("does not fit"), "{err}");
+    // A budget that does not parse is a config error with its place.
+    let (code, _, err) = run("memory_budget = \"lots\"\n");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("gateway.toml:6:17: limits.memory_budget:"),
+        "{err}"
+    );
+}

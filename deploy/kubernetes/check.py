@@ -5,8 +5,10 @@ For every container running consent-gateway: the --config file comes from a moun
 its [listen] http and [admin] listen ports are the container's `http` and `admin` ports; the
 readiness and liveness probes ask /readyz and /healthz on the admin port; the registry dir is a
 ConfigMap mounted as a directory (no subPath, so updates hot-reload); the grace period covers
-shutdown_grace plus the preStop pause; every Service targets a port the pods declare. Then the
-ConfigMaps are written to a temporary directory and `consent-gateway check` validates them.
+shutdown_grace plus the preStop pause; the container's memory limit is at least [limits]
+memory_budget; every Service targets a port the pods declare. Then the ConfigMaps are written to
+a temporary directory and `consent-gateway check` validates them, and must find that the worst
+case of max_connections stalled clients fits memory_budget.
 
 Usage: python3 deploy/kubernetes/check.py path/to/consent-gateway
 """
@@ -30,6 +32,15 @@ def fail(where, msg):
 def seconds(d):
     m = re.fullmatch(r"(\d+)(ms|s|m)", d)
     return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[m.group(2)] if m else None
+
+
+def size_bytes(s):
+    """`256MiB` (gateway.toml) or `320Mi` (Kubernetes quantity) in bytes."""
+    m = re.fullmatch(r"(\d+)\s*(B|K|Ki|KiB|M|Mi|MiB|G|Gi|GiB)?", str(s).strip())
+    if not m:
+        return None
+    unit = (m.group(2) or "B")[:1]
+    return int(m.group(1)) << {"B": 0, "K": 10, "M": 20, "G": 30}[unit]
 
 
 def port_of(addr):
@@ -98,6 +109,10 @@ def check_docs(docs, where, binary):
             total = spec.get("terminationGracePeriodSeconds", 30)
             if total < grace + pause:
                 fail(at, f"terminationGracePeriodSeconds {total} < shutdown_grace {grace} + preStop {pause}")
+            budget = size_bytes(gw.get("limits", {}).get("memory_budget", "256MiB"))
+            limit = size_bytes(c.get("resources", {}).get("limits", {}).get("memory", "0"))
+            if budget is None or limit is None or limit < budget:
+                fail(at, f"memory limit {limit} bytes is below [limits] memory_budget {budget} bytes")
             # The ConfigMaps as the pod sees them, validated by the gateway itself.
             with tempfile.TemporaryDirectory() as tmp:
                 root = pathlib.Path(tmp)
@@ -112,6 +127,8 @@ def check_docs(docs, where, binary):
                                    capture_output=True, text=True)
                 if r.returncode != 0:
                     fail(at, f"consent-gateway check failed:\n{r.stderr}")
+                elif "does not fit" in r.stderr:
+                    fail(at, f"max_connections stalled clients do not fit memory_budget:\n{r.stderr}")
                 else:
                     print(f"{at}: check ok: {r.stdout.strip().splitlines()[0].split(': ', 1)[1]}")
     for svc in (d for d in docs if d["kind"] == "Service"):
