@@ -227,6 +227,12 @@ async fn every_name_seen_is_listed_with_its_fields_and_never_its_value() {
         unregistered.contains("class=\"early\""),
         "before consent stands out"
     );
+    let registered = page.split("<h2 id=\"registered\">").nth(1).unwrap();
+    assert!(registered.contains("<code>sessionid</code>"));
+    assert!(
+        !registered.contains("class=\"early\""),
+        "a necessary cookie set before consent is not flagged"
+    );
     assert_eq!(admin(&gw, "/inventory/nowhere.test").await.status, 404);
 }
 

@@ -25,19 +25,33 @@ pub struct Attributes<'a> {
 
 /// Reads one header value. `now` is seconds since the Unix epoch.
 pub fn read(header: &[u8], now: i64) -> Attributes<'_> {
-    let mut parts = header.split(|&b| b == b';');
-    let pair = parts.next().unwrap_or_default();
+    let (name, attrs) = split(header);
+    read_attributes(name, attrs, now)
+}
+
+/// A header value's cookie name and the bytes of its attributes (after the first `;`, empty
+/// when there is none): the name without reading the attributes.
+pub fn split(header: &[u8]) -> (&[u8], &[u8]) {
+    let (pair, attrs) = match find_semicolon(header) {
+        Some(at) => (&header[..at], &header[at + 1..]),
+        None => (header, &[][..]),
+    };
     let name = match pair.iter().position(|&b| b == b'=') {
         Some(at) => trim(&pair[..at]),
         None => &[],
     };
+    (name, attrs)
+}
+
+/// Reads the attributes part of a header value (as [`split`] returns it).
+pub fn read_attributes<'a>(name: &'a [u8], attrs: &'a [u8], now: i64) -> Attributes<'a> {
     let mut a = Attributes {
         name,
         ..Attributes::default()
     };
     let mut max_age: Option<i64> = None;
     let mut expires: Option<i64> = None;
-    for av in parts {
+    for av in attrs.split(|&b| b == b';') {
         let (k, v) = match av.iter().position(|&b| b == b'=') {
             Some(at) => (trim(&av[..at]), trim(&av[at + 1..])),
             None => (trim(av), &[][..]),
@@ -70,6 +84,54 @@ pub fn read(header: &[u8], now: i64) -> Attributes<'_> {
     }
     a.lifetime = max_age.or(expires);
     a
+}
+
+/// The cookie names of one `Cookie` header value, in order, exactly as
+/// [`crate::request_cookies::pairs`] reads them, without looking at the values: the `;` that
+/// ends a value (a consent cookie's is often 100 bytes and more) is found eight bytes at a time.
+pub fn cookie_names(header: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(header);
+    std::iter::from_fn(move || loop {
+        let s = rest?;
+        let (part, next) = match find_semicolon(s) {
+            Some(at) => (&s[..at], Some(&s[at + 1..])),
+            None => (s, None),
+        };
+        rest = next;
+        let part = trim(part);
+        if part.is_empty() {
+            continue;
+        }
+        return Some(match part.iter().position(|&b| b == b'=') {
+            Some(at) => trim(&part[..at]),
+            None => &[][..],
+        });
+    })
+}
+
+/// The first `;` in `s`: eight bytes at a time (the classic zero-byte test on the bytes
+/// XOR-ed with `;`), then byte by byte for the tail.
+pub(crate) fn find_semicolon(s: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const SEMI: u64 = LO * b';' as u64;
+    let mut at = 0;
+    for chunk in s.chunks_exact(8) {
+        let word: [u8; 8] = chunk.try_into().unwrap_or_default();
+        let x = u64::from_le_bytes(word) ^ SEMI;
+        if x.wrapping_sub(LO) & !x & HI != 0 {
+            break;
+        }
+        at += 8;
+    }
+    s[at..].iter().position(|&b| b == b';').map(|i| at + i)
+}
+
+/// Whether two short byte strings are equal, compared inline: cookie names and attribute parts
+/// are short, and a call to `memcmp` per comparison cost more than the comparison.
+#[inline]
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// A `Max-Age` value in seconds (RFC 6265bis §5.6.2: optional `-` then digits), saturating.
@@ -134,6 +196,61 @@ mod tests {
             read(b"a=; Max-Age=99999999999999999999999", NOW).lifetime,
             Some(i64::MAX)
         );
+    }
+
+    proptest::proptest! {
+        /// Any header bytes: no panic, the same name as the filter reads, and only bytes of
+        /// the header come back (nothing invented).
+        #[test]
+        fn any_header_reads_without_panic(h in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let a = read(&h, NOW);
+            proptest::prop_assert_eq!(a.name, crate::set_cookie::SetCookie::parse(&h, NOW).name);
+            for v in [a.domain, a.path, a.samesite].into_iter().flatten() {
+                proptest::prop_assert!(h.windows(v.len().max(1)).any(|w| w == v) || v.is_empty());
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Cookie header names: the same as the request side's reader, for any bytes (`;`,
+        /// `=`, spaces and tabs made common).
+        #[test]
+        fn cookie_names_are_read_like_the_request_side_reads_them(
+            h in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b';'),
+                    proptest::strategy::Just(b'='),
+                    proptest::strategy::Just(b' '),
+                    proptest::strategy::Just(b'\t'),
+                    proptest::num::u8::ANY,
+                ],
+                0..100,
+            )
+        ) {
+            let want: Vec<&[u8]> = crate::request_cookies::pairs(&h).map(|p| p.name).collect();
+            let got: Vec<&[u8]> = cookie_names(&h).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn semicolons_are_found_in_every_position() {
+        for len in 0..40 {
+            for at in 0..=len {
+                let mut s = vec![b'a'; len];
+                if at < len {
+                    s[at] = b';';
+                }
+                let want = (at < len).then_some(at);
+                assert_eq!(find_semicolon(&s), want, "len {len} at {at}");
+                // Bytes that differ from ';' by one bit never match.
+                let near: Vec<u8> = s
+                    .iter()
+                    .map(|&b| if b == b';' { b';' } else { b';' ^ 0x80 })
+                    .collect();
+                assert_eq!(find_semicolon(&near), want);
+            }
+        }
     }
 
     #[test]

@@ -35,7 +35,6 @@ use crate::config::InventoryConfig;
 use crate::metrics::{HostLabel, Metrics};
 use crate::policy::Verdict;
 use crate::registry::{CookieMatcher, HostPolicy, Registry};
-use crate::request_cookies::all_pairs;
 use knowledge::Suggestion;
 
 /// Longest cookie name recorded; a longer one is counted in `overflow`.
@@ -44,6 +43,8 @@ pub const MAX_NAME_BYTES: usize = 256;
 pub const MAX_VALUES: usize = 8;
 /// Longest attribute value recorded; longer ones are cut (at a character boundary).
 pub const MAX_VALUE_BYTES: usize = 256;
+/// Longest attributes part of a `Set-Cookie` remembered to skip re-reading the same attributes.
+const MAX_REMEMBERED_ATTRIBUTES: usize = 512;
 
 /// The process's inventory. Shared (`Arc`) by the proxies, the admin endpoint and the gateway.
 pub struct Inventory {
@@ -115,9 +116,61 @@ struct ShardHost {
     /// The policy this host was last recorded under (a reload makes a new one).
     policy: Arc<HostPolicy>,
     global: Arc<HostNames>,
-    names: foldhash::HashMap<Box<[u8]>, NameStats>,
+    /// Name → index in `slots`.
+    index: foldhash::HashMap<Box<[u8]>, u32>,
+    /// The names' records, in the order this shard met them.
+    slots: Vec<(Box<[u8]>, NameStats)>,
+    /// Slot of each `Set-Cookie` of the last response, in order ([`NOT_RECORDED`] for one not
+    /// recorded); and of each cookie of the last request. Pages send the same cookies in the same
+    /// order, so the slot at the same position is tried first (checked by name) before the hash
+    /// lookup. The response's list also maps the filter's verdicts back to their slots.
+    last_response: Vec<u32>,
+    last_request: Vec<u32>,
     /// Sightings of names not recorded (cap reached, or a name longer than [`MAX_NAME_BYTES`]).
     overflow: u64,
+}
+
+/// A position in `last_response`/`last_request` whose name was not recorded.
+const NOT_RECORDED: u32 = u32::MAX;
+/// Positions remembered in `last_response`/`last_request`.
+const MAX_REMEMBERED_POSITIONS: usize = 64;
+
+/// Which remembered order a name comes in.
+#[derive(Clone, Copy)]
+enum Order {
+    Response,
+    Request,
+}
+
+impl ShardHost {
+    /// The slot of `name`, trying the one at `pos` in the last response's or request's order
+    /// first, and remembering the answer (or [`NOT_RECORDED`]) there for the next one.
+    fn find(&mut self, name: &[u8], order: Order, pos: usize) -> Option<u32> {
+        let list = match order {
+            Order::Response => &self.last_response,
+            Order::Request => &self.last_request,
+        };
+        if let Some(&i) = list.get(pos) {
+            if i != NOT_RECORDED && attributes::same(&self.slots[i as usize].0, name) {
+                return Some(i);
+            }
+        }
+        let found = self.index.get(name).copied();
+        self.remember(order, pos, found.unwrap_or(NOT_RECORDED));
+        found
+    }
+
+    fn remember(&mut self, order: Order, pos: usize, slot: u32) {
+        let list = match order {
+            Order::Response => &mut self.last_response,
+            Order::Request => &mut self.last_request,
+        };
+        if let Some(e) = list.get_mut(pos) {
+            *e = slot;
+        } else if pos == list.len() && pos < MAX_REMEMBERED_POSITIONS {
+            list.push(slot);
+        }
+    }
 }
 
 /// What is known of one cookie name on one host.
@@ -144,6 +197,10 @@ pub struct NameStats {
     /// Longest lifetime seen, in seconds; `None` while only session cookies (or deletions)
     /// were seen.
     pub lifetime: Option<i64>,
+    /// The attributes part (after the first `;`) of the last `Set-Cookie` read, when short:
+    /// an origin sends the same attributes on every response, and reading them again could
+    /// add nothing (an `Expires` read earlier gave the longer lifetime). Its buffer is reused.
+    last_attributes: Option<Vec<u8>>,
 }
 
 impl NameStats {
@@ -161,9 +218,28 @@ impl NameStats {
         }
     }
 
-    fn set_cookie(&mut self, a: &attributes::Attributes<'_>, now: i64) {
+    /// One `Set-Cookie` of this name, its attributes part as [`attributes::split`] gives it.
+    fn set_cookie(&mut self, attrs: &[u8], now: i64) {
         self.set_count += 1;
         self.seen(now);
+        if let Some(last) = &self.last_attributes {
+            if attributes::same(last, attrs) {
+                return;
+            }
+        }
+        if attrs.len() <= MAX_REMEMBERED_ATTRIBUTES {
+            match &mut self.last_attributes {
+                Some(buf) => {
+                    buf.clear();
+                    buf.extend_from_slice(attrs);
+                }
+                None => self.last_attributes = Some(attrs.to_vec()),
+            }
+        }
+        self.attributes(&attributes::read_attributes(&[], attrs, now));
+    }
+
+    fn attributes(&mut self, a: &attributes::Attributes<'_>) {
         if let Some(d) = a.domain {
             remember(&mut self.domains, d, true);
         }
@@ -235,13 +311,6 @@ fn remember(list: &mut Vec<Box<str>>, value: &[u8], ignore_case: bool) {
     list.push(text.into_boxed_str());
 }
 
-/// Where a name was seen, for the first sighting's log line.
-#[derive(Clone, Copy)]
-enum SeenIn {
-    SetCookie,
-    Request,
-}
-
 impl Inventory {
     pub fn new(config: InventoryConfig) -> Self {
         Inventory {
@@ -301,7 +370,7 @@ impl Inventory {
             for h in data.hosts.iter().filter(|h| h.policy.file == file) {
                 any = true;
                 overflow += h.overflow;
-                for (name, stats) in &h.names {
+                for (name, stats) in &h.slots {
                     match names.get_mut(name) {
                         Some(s) => s.merge(stats),
                         None => {
@@ -359,23 +428,30 @@ impl Inventory {
         }
     }
 
-    /// `/inventory`: every registry file with something recorded, with its counts, judged by
-    /// the live registry (a file no longer in it by the policy it was last recorded under).
+    /// `/inventory`: every registry file of the live registry (with zero counts when nothing
+    /// was seen yet), then every file a reload removed that has a record (judged by the policy
+    /// it was last recorded under).
     pub fn summary(&self, registry: &Registry) -> InventorySummary {
         let mut hosts = Vec::new();
-        for (file, last) in self.recorded_files() {
-            let live = registry.policies.iter().find(|p| p.file == file);
-            let policy: &HostPolicy = live.map_or(&last, |p| p);
+        let mut add = |policy: &HostPolicy, loaded: bool| {
             let view = self.host_view(&policy.name, policy);
             hosts.push(HostSummary {
                 host: policy.name.clone(),
                 file: view.file,
-                loaded: live.is_some(),
+                loaded,
                 names: view.names,
                 registered: view.registered,
                 unregistered: view.unregistered,
                 overflow: view.overflow,
             });
+        };
+        for p in &registry.policies {
+            add(p, true);
+        }
+        for (file, last) in self.recorded_files() {
+            if !registry.policies.iter().any(|p| p.file == file) {
+                add(&last, false);
+            }
         }
         InventorySummary {
             max_names_per_host: self.config.max_names_per_host,
@@ -412,6 +488,8 @@ impl Shard {
             inventory: &self.inventory,
             policy,
             now,
+            set_cookies: 0,
+            verdicts: 0,
         }
     }
 
@@ -429,7 +507,10 @@ impl Shard {
                 data.hosts.push(ShardHost {
                     policy: Arc::clone(policy),
                     global: self.inventory.host_names(policy),
-                    names: foldhash::HashMap::default(),
+                    index: foldhash::HashMap::default(),
+                    slots: Vec::new(),
+                    last_response: Vec::new(),
+                    last_request: Vec::new(),
                     overflow: 0,
                 });
                 data.hosts.len() - 1
@@ -447,34 +528,54 @@ pub struct Recorder<'s> {
     inventory: &'s Inventory,
     policy: &'s HostPolicy,
     now: i64,
+    /// `Set-Cookie` headers recorded so far by this recorder, and verdicts.
+    set_cookies: usize,
+    verdicts: usize,
 }
 
 impl Recorder<'_> {
     /// Every cookie name of the request's `Cookie` header(s).
     pub fn request_cookies(&mut self, headers: &HeaderMap) {
         let now = self.now;
-        for pair in all_pairs(headers.get_all(COOKIE)) {
-            self.with_stats(pair.name, SeenIn::Request, |s| {
-                s.request_count += 1;
-                s.seen(now);
-            });
+        let mut pos = 0;
+        for h in headers.get_all(COOKIE) {
+            for name in attributes::cookie_names(h.as_bytes()) {
+                self.with_stats(name, Order::Request, pos, |s| {
+                    s.request_count += 1;
+                    s.seen(now);
+                });
+                pos += 1;
+            }
         }
     }
 
-    /// One upstream `Set-Cookie` header: its name and attributes (before the filter runs).
+    /// One upstream `Set-Cookie` header: its name and attributes. Every header of the response,
+    /// in order, before the filter runs (its verdicts come back in the same order).
     pub fn set_cookie(&mut self, header: &[u8]) {
         let now = self.now;
-        let a = attributes::read(header, now);
-        self.with_stats(a.name, SeenIn::SetCookie, |s| s.set_cookie(&a, now));
+        let (name, attrs) = attributes::split(header);
+        let pos = self.set_cookies;
+        self.set_cookies += 1;
+        self.with_stats(name, Order::Response, pos, |s| s.set_cookie(attrs, now));
     }
 
-    /// The filter's verdict on a `Set-Cookie` of `name` already passed to
-    /// [`Recorder::set_cookie`]; `no_consent`: the request carried no consent cookie.
+    /// The filter's verdict on the next `Set-Cookie` passed to [`Recorder::set_cookie`] (its
+    /// name says which); `no_consent`: the request carried no consent cookie.
     pub fn verdict(&mut self, name: &[u8], verdict: Verdict, no_consent: bool) {
+        let pos = self.verdicts;
+        self.verdicts += 1;
         let host = &mut self.data.hosts[self.host];
-        let Some(s) = host.names.get_mut(name) else {
+        let slot = match host.last_response.get(pos) {
+            Some(&i) if i != NOT_RECORDED && attributes::same(&host.slots[i as usize].0, name) => {
+                Some(i)
+            }
+            // Out of step with the headers recorded (never, as the proxy calls it): by name.
+            _ => host.index.get(name).copied(),
+        };
+        let Some(i) = slot else {
             return; // not recorded (overflow)
         };
+        let s = &mut host.slots[i as usize].1;
         match verdict {
             Verdict::Keep => s.kept += 1,
             Verdict::Drop => s.dropped += 1,
@@ -486,11 +587,17 @@ impl Recorder<'_> {
     }
 
     /// Applies `f` to the name's record, creating it if the host may take one more name.
-    fn with_stats(&mut self, name: &[u8], seen: SeenIn, f: impl FnOnce(&mut NameStats)) {
+    fn with_stats(
+        &mut self,
+        name: &[u8],
+        order: Order,
+        pos: usize,
+        f: impl FnOnce(&mut NameStats),
+    ) {
         let cap = self.inventory.config.max_names_per_host;
         let host = &mut self.data.hosts[self.host];
-        if let Some(s) = host.names.get_mut(name) {
-            f(s);
+        if let Some(i) = host.find(name, order, pos) {
+            f(&mut host.slots[i as usize].1);
             return;
         }
         if name.len() > MAX_NAME_BYTES {
@@ -502,23 +609,29 @@ impl Recorder<'_> {
                 host.overflow += 1;
                 return;
             }
-            Admission::New => first_sighting(self.inventory, self.policy, name, seen),
+            Admission::New => first_sighting(self.inventory, self.policy, name, order),
             Admission::Known => {}
         }
+        let Ok(i) = u32::try_from(host.slots.len()) else {
+            host.overflow += 1;
+            return;
+        };
         let mut s = NameStats::new(self.now);
         f(&mut s);
-        host.names.insert(name.into(), s);
+        host.slots.push((name.into(), s));
+        host.index.insert(name.into(), i);
+        host.remember(order, pos, i);
     }
 }
 
 /// Logs the first sighting of an unregistered name in this process.
-fn first_sighting(inventory: &Inventory, policy: &HostPolicy, name: &[u8], seen: SeenIn) {
+fn first_sighting(inventory: &Inventory, policy: &HostPolicy, name: &[u8], seen: Order) {
     if policy.lookup(name).is_some() || policy.consent.is_consent_cookie(name) {
         return;
     }
     let seen_in = match seen {
-        SeenIn::SetCookie => "set-cookie",
-        SeenIn::Request => "request",
+        Order::Response => "set-cookie",
+        Order::Request => "request",
     };
     let suggestion = inventory
         .config
@@ -807,6 +920,57 @@ mod tests {
     }
 
     #[test]
+    fn verdicts_reach_their_names_whatever_the_order() {
+        let inv = inventory(3);
+        let p = policy("h/t.toml", "");
+        let shard = inv.shard().unwrap();
+        let response = |names: &[&str], verdicts: &[Verdict]| {
+            let mut r = shard.recorder(&p, 1);
+            for n in names {
+                r.set_cookie(format!("{n}=v; Path=/").as_bytes());
+            }
+            for (n, v) in names.iter().zip(verdicts) {
+                r.verdict(n.as_bytes(), *v, false);
+            }
+        };
+        response(
+            &["a", "b", "c"],
+            &[Verdict::Keep, Verdict::Drop, Verdict::WouldDrop],
+        );
+        response(
+            &["a", "b", "c"],
+            &[Verdict::Keep, Verdict::Drop, Verdict::WouldDrop],
+        );
+        // Another order, a name past the cap in the middle, a shorter response, a repeat.
+        response(
+            &["c", "x", "a"],
+            &[Verdict::Drop, Verdict::Keep, Verdict::Drop],
+        );
+        response(&["b"], &[Verdict::Keep]);
+        response(&["b", "b"], &[Verdict::Keep, Verdict::Keep]);
+        let v = inv.host_view("t.test", &p);
+        let got: Vec<(String, u64, Verdicts)> = v
+            .cookies
+            .iter()
+            .map(|c| (c.name.clone(), c.set_count, c.verdicts))
+            .collect();
+        let vd = |kept, dropped, would_drop| Verdicts {
+            kept,
+            dropped,
+            would_drop,
+        };
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), 3, vd(2, 1, 0)),
+                ("b".into(), 5, vd(3, 2, 0)),
+                ("c".into(), 3, vd(0, 1, 2)),
+            ]
+        );
+        assert_eq!(v.overflow, 1);
+    }
+
+    #[test]
     fn off_means_no_shard() {
         assert!(inventory(0).shard().is_none());
     }
@@ -814,17 +978,40 @@ mod tests {
     #[test]
     fn attribute_lists_are_bounded_and_deduplicated() {
         let mut s = NameStats::new(0);
+        let set = |s: &mut NameStats, h: &str| s.set_cookie(attributes::split(h.as_bytes()).1, 0);
         for i in 0..20 {
-            let h = format!("a=1; Domain=D{i}.test; Path=/p; SameSite=lax");
-            s.set_cookie(&attributes::read(h.as_bytes(), 0), 0);
-            let h = format!("a=1; Domain=d{i}.TEST; SameSite=Lax");
-            s.set_cookie(&attributes::read(h.as_bytes(), 0), 0);
+            set(
+                &mut s,
+                &format!("a=1; Domain=D{i}.test; Path=/p; SameSite=lax"),
+            );
+            set(&mut s, &format!("a=1; Domain=d{i}.TEST; SameSite=Lax"));
         }
         assert_eq!(s.domains.len(), MAX_VALUES);
         assert_eq!(s.paths.len(), 1);
         assert_eq!(s.samesite.len(), 1);
         let long = format!("a=1; Path=/{}", "é".repeat(400));
-        s.set_cookie(&attributes::read(long.as_bytes(), 0), 0);
+        set(&mut s, &long);
         assert!(s.paths[1].len() <= MAX_VALUE_BYTES);
+    }
+
+    #[test]
+    fn the_same_attributes_are_read_once_and_new_ones_always() {
+        let mut s = NameStats::new(0);
+        let set =
+            |s: &mut NameStats, h: &str, now| s.set_cookie(attributes::split(h.as_bytes()).1, now);
+        let h = "a=1; Path=/; Expires=Thu, 01 Jan 1970 00:01:40 GMT";
+        set(&mut s, h, 0);
+        assert_eq!(s.lifetime, Some(100));
+        // The same attributes later: the lifetime read first was the longer one.
+        set(&mut s, h, 50);
+        assert_eq!((s.set_count, s.lifetime, s.last_seen), (2, Some(100), 50));
+        set(&mut s, "b=2; Path=/x; Secure", 60);
+        assert_eq!(s.paths, ["/", "/x"].map(Box::from));
+        assert!(s.secure);
+        set(&mut s, h, 70);
+        set(&mut s, "a=1", 70);
+        set(&mut s, "a=1", 70);
+        assert_eq!(s.set_count, 6);
+        assert_eq!(s.paths.len(), 2);
     }
 }

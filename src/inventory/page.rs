@@ -104,8 +104,10 @@ fn seen(c: &CookieView) -> String {
     )
 }
 
+/// Highlighted when it went out before consent and is not a necessary cookie (those need none).
 fn before_consent(c: &CookieView) -> String {
-    if c.before_consent > 0 {
+    let necessary = c.category.as_deref() == Some(crate::registry::NECESSARY);
+    if c.before_consent > 0 && !necessary {
         format!("<td class=\"early\">{}</td>", c.before_consent)
     } else {
         "<td>0</td>".to_owned()
@@ -168,9 +170,10 @@ pub fn html(v: &HostInventory) -> String {
         ));
     }
     out.push_str(
-        "<p>Highlighted <em>before consent</em> counts are <code>Set-Cookie</code> headers that \
-         went to browsers (or would have been dropped, in report-only mode, but went anyway) in \
-         answer to requests carrying no consent cookie. <code>consent-gateway suggest</code> \
+        "<p><em>Before consent</em> counts the <code>Set-Cookie</code> headers that went to \
+         browsers (or would have been dropped, in report-only mode, but went anyway) in answer to \
+         requests carrying no consent cookie; highlighted for every cookie that is not \
+         necessary. <code>consent-gateway suggest</code> \
          turns the unregistered names into registry entries to review.</p>\n",
     );
 

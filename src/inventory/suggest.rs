@@ -126,7 +126,7 @@ async fn fetch_one(url: &str, host: Option<&str>) -> Result<Vec<HostInventory>, 
         None => summary
             .hosts
             .iter()
-            .filter(|h| h.loaded)
+            .filter(|h| h.loaded && h.unregistered > 0)
             .map(|h| h.host.clone())
             .collect(),
     };
@@ -336,8 +336,8 @@ pub fn render(hosts: &[HostInventory], sources: &[String]) -> String {
          # does not know the name: review every entry (and its consent keys) before relying on it.\n",
         sources.join(", ")
     ));
-    if hosts.is_empty() {
-        out.push_str("# No host has an inventory yet.\n");
+    if hosts.iter().all(|h| h.unregistered == 0) {
+        out.push_str("# No unregistered cookie name seen.\n");
     }
     for h in hosts {
         let unregistered: Vec<&CookieView> = h.cookies.iter().filter(|c| !c.registered).collect();
