@@ -70,6 +70,7 @@ fn bench(c: &mut Criterion) {
     let shard = inventory.shard().unwrap_or_else(|| panic!("inventory on"));
     let req = request();
     let now = 1_779_000_000;
+    let url = consent_gateway::jar::RequestUrl::new("127.0.0.1", "/", false);
     // Steady state: every name known.
     {
         let mut r = shard.recorder(&policy, now);
@@ -82,7 +83,16 @@ fn bench(c: &mut Criterion) {
     g.bench_function("filter_7", |b| {
         b.iter_batched_ref(
             response,
-            |h| black_box(filter_set_cookies(&policy, &consent, h, now, |_, _| {})),
+            |h| {
+                black_box(filter_set_cookies(
+                    &policy,
+                    &consent,
+                    h,
+                    now,
+                    &url,
+                    |_, _| {},
+                ))
+            },
             BatchSize::SmallInput,
         )
     });
@@ -116,9 +126,14 @@ fn bench(c: &mut Criterion) {
                 for v in h.get_all(SET_COOKIE) {
                     r.set_cookie(v.as_bytes());
                 }
-                black_box(filter_set_cookies(&policy, &consent, h, now, |sc, d| {
-                    r.verdict(sc.name, d.verdict, true)
-                }))
+                black_box(filter_set_cookies(
+                    &policy,
+                    &consent,
+                    h,
+                    now,
+                    &url,
+                    |sc, d| r.verdict(sc.name, d.verdict, true),
+                ))
             },
             BatchSize::SmallInput,
         )
