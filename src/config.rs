@@ -182,6 +182,7 @@ struct RawLimits {
     max_connections: Option<Spanned<i64>>,
     shutdown_grace: Option<Spanned<String>>,
     memory_budget: Option<Spanned<String>>,
+    max_purge_headers: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -226,6 +227,12 @@ pub const MAX_INVENTORY_NAMES: i64 = 1_000_000;
 /// The most proxy worker threads `[proxy] workers` may ask for.
 pub const MAX_WORKERS: u32 = 1024;
 
+/// Default of `[limits] max_purge_headers`.
+pub const DEFAULT_PURGE_HEADERS: usize = 64;
+/// Largest `[limits] max_purge_headers` accepted: a response head stays well under what
+/// browsers accept (a deletion header is about 100 bytes).
+pub const MAX_PURGE_HEADERS: i64 = 1024;
+
 /// `[limits]`, with production defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -246,6 +253,9 @@ pub struct Limits {
     /// Bytes the worst case of `max_connections` stalled clients may take ([`Limits::worst_case_memory`]);
     /// `check` warns when it does not fit.
     pub memory_budget: u64,
+    /// Most purge deletions added to one response; further refused cookies wait for later
+    /// responses.
+    pub max_purge_headers: usize,
 }
 
 /// The memory model behind `[limits] memory_budget`, from the bounds set in `server` and `tls`
@@ -297,6 +307,7 @@ impl Default for Limits {
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
             memory_budget: 256 << 20,
+            max_purge_headers: DEFAULT_PURGE_HEADERS,
         }
     }
 }
@@ -633,6 +644,17 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
         match usize::try_from(*v.get_ref()) {
             Ok(n) if n > 0 => limits.max_connections = n,
             _ => errors.push(src.error(v.span(), "limits.max_connections: must be at least 1")),
+        }
+    }
+    if let Some(v) = &l.max_purge_headers {
+        match usize::try_from(*v.get_ref()) {
+            Ok(n) if (1..=MAX_PURGE_HEADERS).contains(v.get_ref()) => limits.max_purge_headers = n,
+            _ => errors.push(src.error(
+                v.span(),
+                format!(
+                    "limits.max_purge_headers: must be 1 to {MAX_PURGE_HEADERS} (purge = false turns purging off)"
+                ),
+            )),
         }
     }
     // The connection idle timer also runs while a request waits for its upstream; a shorter
@@ -1769,6 +1791,10 @@ mod tests {
                 "config/gateway.toml:4:20: limits.max_header_bytes: must be 8192",
             ),
             (
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[limits]\nmax_purge_headers = 0\n",
+                "config/gateway.toml:4:21: limits.max_purge_headers: must be 1 to 1024",
+            ),
+            (
                 "[listen]\nhttp = \"127.0.0.1:1\"\n[proxy]\ntrusted_proxies = [\"10/8\"]\n",
                 "config/gateway.toml:4:20: proxy.trusted_proxies[0]:",
             ),
@@ -1837,6 +1863,7 @@ mod tests {
         assert_eq!(g.registry_dir, PathBuf::from("/etc/cg/hosts"));
         assert_eq!(g.limits.idle_timeout, Duration::from_secs(45));
         assert_eq!(g.limits.max_connections, 10_000);
+        assert_eq!(g.limits.max_purge_headers, 64);
         assert_eq!(g.audit, None);
     }
 

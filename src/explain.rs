@@ -1,7 +1,9 @@
 //! `consent-gateway explain`: the proxy's filter run on headers given on the command line.
 //!
 //! The request's consent is read by [`crate::consent::from_request_headers`] and the response filtered by
-//! [`crate::filter::filter_set_cookies`], the two functions the proxy calls.
+//! [`crate::filter::filter_set_cookies`], the two functions the proxy calls. With `--purge`,
+//! [`purge`] runs the request side and the whole response side ([`crate::filter::strip_request`],
+//! [`crate::filter::filter_response`]) as the proxy does, to show the deletions added.
 
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
@@ -92,4 +94,60 @@ pub fn explain(
         });
     });
     Ok((effective, lines))
+}
+
+/// One purge deletion a request would get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    /// The cookie name it deletes.
+    pub name: String,
+    /// The whole `Set-Cookie` value.
+    pub header: String,
+}
+
+/// What purge does for a request to `url` with `cookie` and `gpc`, the upstream answering with
+/// `set_cookies`: the deletions added, in order, and whether `max_purge_headers` left some
+/// refused cookies for later responses. Report-only hosts add nothing (as in the proxy).
+pub fn purge(
+    policy: &HostPolicy,
+    cookie: Option<&str>,
+    gpc: bool,
+    exchange: &crate::filter::Exchange<'_>,
+    set_cookies: &[String],
+) -> Result<(Vec<Deletion>, bool), String> {
+    let mut req = HeaderMap::new();
+    if let Some(c) = cookie {
+        let v = HeaderValue::from_str(c)
+            .map_err(|_| format!("--cookie {c:?}: not a valid header value"))?;
+        req.insert(COOKIE, v);
+    }
+    if gpc {
+        req.insert("sec-gpc", HeaderValue::from_static("1"));
+    }
+    let mut resp = HeaderMap::new();
+    for s in set_cookies {
+        let v = HeaderValue::from_str(s)
+            .map_err(|_| format!("--set-cookie {s:?}: not a valid header value"))?;
+        resp.append(SET_COOKIE, v);
+    }
+    let consent = request_consent(policy, &req);
+    let side = crate::filter::strip_request(policy, &consent, &mut req);
+    let mut kept = 0;
+    let (summary, _) =
+        crate::filter::filter_response(policy, &consent, &side, &mut resp, exchange, |_, d| {
+            if d.verdict != crate::policy::Verdict::Drop {
+                kept += 1;
+            }
+        });
+    let deletions = resp
+        .get_all(SET_COOKIE)
+        .iter()
+        .skip(kept)
+        .map(|v| {
+            let header = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            let name = header.split('=').next().unwrap_or_default().to_owned();
+            Deletion { name, header }
+        })
+        .collect();
+    Ok((deletions, summary.purge_capped))
 }

@@ -26,6 +26,9 @@ pub struct Summary {
     /// Consent `Set-Cookie` headers that did not change the consent because a browser would not
     /// hold them for the request URL (rule 4's decoys). Forwarded, and counted in `kept` too.
     pub consent_not_held: usize,
+    /// Purge had more deletions to add than `max_purge_headers`: some refused cookies the
+    /// browser sent are left for later responses.
+    pub purge_capped: bool,
 }
 
 impl Summary {
@@ -94,16 +97,32 @@ pub fn filter_set_cookies<'p>(
     url: &RequestUrl<'_>,
     observe: impl FnMut(&SetCookie<'_>, &Decision<'p>),
 ) -> Summary {
+    let exchange = Exchange {
+        url: url.clone(),
+        now,
+        max_purge_headers: usize::MAX,
+    };
     filter_response(
         policy,
         request_consent,
         &RequestSide::default(),
         headers,
-        now,
-        url,
+        &exchange,
         observe,
     )
     .0
+}
+
+/// The request a response answers, as the response side needs it.
+#[derive(Debug, Clone)]
+pub struct Exchange<'a> {
+    /// The request's URL (rule 4 judges the upstream's consent cookie by it; purge deletes under
+    /// its host's `Domain` variants).
+    pub url: RequestUrl<'a>,
+    /// Seconds since the Unix epoch ("in the past" for `Expires`).
+    pub now: i64,
+    /// `[limits] max_purge_headers`: the most deletions purge adds to one response.
+    pub max_purge_headers: usize,
 }
 
 /// The whole response side, between the upstream response and the downstream one: the
@@ -115,10 +134,10 @@ pub fn filter_response<'p, 's>(
     request_consent: &Consent,
     side: &'s RequestSide<'_>,
     headers: &mut HeaderMap,
-    now: i64,
-    url: &RequestUrl<'_>,
+    exchange: &Exchange<'_>,
     mut observe: impl FnMut(&SetCookie<'_>, &Decision<'p>),
 ) -> (Summary, Vec<&'s [u8]>) {
+    let (now, url) = (exchange.now, &exchange.url);
     let mut summary = Summary::default();
     if !headers.contains_key(SET_COOKIE) && side.candidates.is_empty() {
         return (summary, Vec::new());
@@ -177,7 +196,8 @@ pub fn filter_response<'p, 's>(
         }
     }
     let effective = changed.as_ref().unwrap_or(request_consent);
-    let purged = purge(policy, effective, side, &set_by_upstream, headers);
+    let (purged, capped) = purge(policy, effective, side, &set_by_upstream, headers, exchange);
+    summary.purge_capped = capped;
     (summary, purged)
 }
 
@@ -240,6 +260,8 @@ pub fn strip_request<'p>(
     if !headers.contains_key(COOKIE) {
         return side;
     }
+    // Candidate names seen, so that thousands of cookies cost one hash each, not a scan each.
+    let mut candidate_names: foldhash::HashSet<&[u8]> = foldhash::HashSet::default();
     // One pass to judge; the kept pairs are only rebuilt when something was refused.
     for pair in all_pairs(headers.get_all(COOKIE)) {
         let entry = policy.lookup(pair.name);
@@ -252,7 +274,7 @@ pub fn strip_request<'p>(
             Some(e) => !e.necessary && !consent_cookie,
             None => policy.purge_unknown && !pair.name.is_empty() && !consent_cookie,
         };
-        if candidate && !side.candidates.iter().any(|c| c.name == pair.name) {
+        if candidate && candidate_names.insert(pair.name) {
             side.candidates.push(Candidate {
                 name: pair.name.to_vec(),
                 entry,
@@ -306,41 +328,66 @@ const EPOCH: &str = "Thu, 01 Jan 1970 00:00:00 GMT";
 
 /// Response side of purging: for each candidate the consent in effect does not grant, and that
 /// the upstream does not set itself in a header the filter keeps (`set_by_upstream`, by
-/// candidate), appends
-/// deletions (see [`deletions`]). Adds nothing unless `purge` is on in enforce mode; returns how
-/// names of the cookies that were (or would be) purged.
+/// candidate), appends its deletions (see [`deletions`]), in the order the browser sent the
+/// names, as long as they fit in `max_purge_headers`. The first name whose deletions do not fit
+/// ends it: that name and the ones after it are purged on later responses (the browser sends
+/// them again). A name whose deletions alone exceed the limit gets the first ones (host-only,
+/// then the most specific domains) when it comes first. Adds nothing unless `purge` is on in
+/// enforce mode. Returns the names purged (or that would be, in report-only mode) and whether
+/// the limit left any out.
 fn purge<'s>(
     policy: &HostPolicy,
     consent: &Consent,
     side: &'s RequestSide<'_>,
     set_by_upstream: &[bool],
     headers: &mut HeaderMap,
-) -> Vec<&'s [u8]> {
+    exchange: &Exchange<'_>,
+) -> (Vec<&'s [u8]>, bool) {
     let mut purged = Vec::new();
     if !policy.purge {
-        return purged;
+        return (purged, false);
     }
+    let domains = crate::jar::purge_domains(&exchange.url.host);
+    let mut budget = exchange.max_purge_headers;
+    let mut capped = false;
     for (c, set_here) in side.candidates.iter().zip(set_by_upstream) {
         if *set_here || judge_request_cookie(policy, consent, &c.name).is_ok() {
             continue;
         }
+        let mut values = deletions(&c.name, c.entry, &domains);
+        if values.len() > budget {
+            capped = true;
+            if !purged.is_empty() || budget == 0 {
+                break;
+            }
+            values.truncate(budget);
+        }
+        budget -= values.len();
         purged.push(c.name.as_slice());
         if policy.mode != Mode::Enforce {
             continue;
         }
-        for value in deletions(&c.name, c.entry) {
+        for value in values {
             if let Ok(v) = HeaderValue::from_bytes(&value) {
                 headers.append(SET_COOKIE, v);
             }
         }
+        if capped {
+            break;
+        }
     }
-    purged
+    (purged, capped)
 }
 
-/// The deletion headers for one cookie name: `name=; Max-Age=0; Expires=<past>; Path=<path>`,
-/// host-only and once per `domains` value; a `__Host-` name gets `Secure; Path=/` and no
-/// `Domain`, a `__Secure-` name gets `Secure` (RFC 6265bis §4.1.3).
-pub fn deletions(name: &[u8], entry: Option<&CookieEntry>) -> Vec<Vec<u8>> {
+/// The deletion headers for one cookie name the browser sent to a host whose `Domain` variants
+/// are `host_domains` ([`crate::jar::purge_domains`]): `name=; Max-Age=0; Expires=<past>;
+/// Path=<path>`, host-only, then once per domain from the host up to its registrable domain,
+/// then once per entry `domains` value not already covered (compared without a leading dot, in
+/// lower case). The request's `Cookie` header does not say under which `Domain` the browser
+/// holds the cookie, and a deletion only applies to the cookie of the same domain, so every
+/// variant a site may have used gets one. A `__Host-` name (any case) gets exactly one deletion,
+/// `Path=/; Secure`, no `Domain`; a `__Secure-` name gets `Secure` on each (RFC 6265bis §4.1.3).
+pub fn deletions(name: &[u8], entry: Option<&CookieEntry>, host_domains: &[&str]) -> Vec<Vec<u8>> {
     let base = |path: &str| {
         let mut v = name.to_vec();
         v.extend_from_slice(b"=; Max-Age=0; Expires=");
@@ -349,14 +396,25 @@ pub fn deletions(name: &[u8], entry: Option<&CookieEntry>) -> Vec<Vec<u8>> {
         v.extend_from_slice(path.as_bytes());
         v
     };
-    if name.starts_with(b"__Host-") {
+    if crate::jar::has_prefix(name, crate::jar::HOST_PREFIX) {
         let mut v = base("/");
         v.extend_from_slice(b"; Secure");
         return vec![v];
     }
-    let secure = name.starts_with(b"__Secure-");
+    let secure = crate::jar::has_prefix(name, crate::jar::SECURE_PREFIX);
     let path = entry.map_or("/", |e| e.path.as_str());
-    let domains: &[String] = entry.map_or(&[], |e| &e.domains);
+    let mut domains: Vec<Cow<'_, str>> = host_domains.iter().map(|d| Cow::Borrowed(*d)).collect();
+    for d in entry.map_or(&[][..], |e| &e.domains[..]) {
+        let d = d.strip_prefix('.').unwrap_or(d);
+        let d = if d.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(d.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(d)
+        };
+        if !d.is_empty() && !domains.contains(&d) {
+            domains.push(d);
+        }
+    }
     std::iter::once(None)
         .chain(domains.iter().map(Some))
         .map(|domain| {
@@ -500,7 +558,8 @@ mod tests {
                 kept: 1,
                 dropped: 3,
                 would_drop: 0,
-                consent_not_held: 0
+                consent_not_held: 0,
+                purge_capped: false
             }
         );
         assert_eq!(h.get("content-type").unwrap(), "text/html");
@@ -532,7 +591,8 @@ mod tests {
                 kept: 1,
                 dropped: 0,
                 would_drop: 2,
-                consent_not_held: 0
+                consent_not_held: 0,
+                purge_capped: false
             }
         );
     }
@@ -773,8 +833,117 @@ mod tests {
         let mut req = request(cookie);
         let side = strip_request(&p, &c, &mut req);
         let mut resp = headers(upstream_sets);
-        filter_response(&p, &c, &side, &mut resp, NOW, &test_url(), |_, _| {});
+        let exchange = Exchange {
+            url: RequestUrl::new("www.t.example", "/", false),
+            now: NOW,
+            max_purge_headers: 64,
+        };
+        filter_response(&p, &c, &side, &mut resp, &exchange, |_, _| {});
         set_cookies(&resp).into_iter().map(str::to_owned).collect()
+    }
+
+    /// Purges with `max_purge_headers` = `max` for host `host`; the deletions and the summary.
+    fn purged_capped(host: &str, cookie: &str, max: usize) -> (Vec<String>, Summary) {
+        let p = policy_from("purge_unknown = true");
+        let c = consent(&[]);
+        let mut req = request(cookie);
+        let side = strip_request(&p, &c, &mut req);
+        let mut resp = HeaderMap::new();
+        let exchange = Exchange {
+            url: RequestUrl::new(host, "/", false),
+            now: NOW,
+            max_purge_headers: max,
+        };
+        let (summary, names) = filter_response(&p, &c, &side, &mut resp, &exchange, |_, _| {});
+        let got: Vec<String> = set_cookies(&resp).into_iter().map(str::to_owned).collect();
+        assert!(got.len() <= max);
+        assert_eq!(
+            names.len(),
+            got.iter()
+                .map(|v| v.split('=').next().unwrap())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        );
+        (got, summary)
+    }
+
+    #[test]
+    fn purge_covers_every_domain_from_the_host_to_its_registrable_domain() {
+        let (got, s) = purged_capped("a.b.t.example:8080", "zz=1", 64);
+        assert_eq!(
+            got,
+            vec![
+                "zz=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/",
+                "zz=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Domain=a.b.t.example",
+                "zz=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Domain=b.t.example",
+                "zz=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Domain=t.example",
+            ]
+        );
+        assert!(!s.purge_capped);
+        // An IP address or a single label: host-only only.
+        for host in ["127.0.0.1", "[::1]:8080", "localhost"] {
+            let (got, _) = purged_capped(host, "zz=1; __Secure-ads=2", 64);
+            assert_eq!(
+                got,
+                vec![
+                    "zz=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/",
+                    "__Secure-ads=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Secure",
+                ],
+                "{host}"
+            );
+        }
+        // __Secure- gets Secure on each variant; __Host- (any case) exactly one deletion.
+        let (got, _) = purged_capped("www.t.example", "__Secure-ads=2; __host-x=1", 64);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[..3]
+            .iter()
+            .all(|v| v.starts_with("__Secure-ads=;") && v.ends_with("; Secure")));
+        assert_eq!(
+            got[3],
+            "__host-x=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Secure"
+        );
+    }
+
+    #[test]
+    fn purge_stops_at_max_purge_headers_in_browser_order() {
+        // Each unknown name costs 3 deletions under www.t.example.
+        let cookie: Vec<String> = (0..30).map(|i| format!("c{i}=1")).collect();
+        let (got, s) = purged_capped("www.t.example", &cookie.join("; "), 64);
+        assert!(s.purge_capped);
+        assert_eq!(got.len(), 63, "21 whole names, never a name cut short");
+        let names: Vec<&str> = got.iter().map(|v| v.split('=').next().unwrap()).collect();
+        assert_eq!(names.first(), Some(&"c0"));
+        assert_eq!(names.last(), Some(&"c20"));
+        // Exactly at the limit: not capped.
+        let (got, s) = purged_capped("www.t.example", &cookie[..3].join("; "), 9);
+        assert_eq!((got.len(), s.purge_capped), (9, false));
+        // One name with more variants than the limit: the most specific ones go out.
+        let (got, s) = purged_capped("a.b.t.example", "zz=1", 2);
+        assert!(s.purge_capped);
+        assert_eq!(got.len(), 2);
+        assert!(got[1].ends_with("Domain=a.b.t.example"));
+    }
+
+    #[test]
+    fn entry_domains_add_only_what_the_host_does_not_cover() {
+        let p = policy_from("");
+        let entry = p.lookup(b"_ga");
+        let got = deletions(b"_ga", entry, &["www.t.example", "t.example"]);
+        let domains: Vec<String> = got
+            .iter()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .map(|v| {
+                v.split("Domain=")
+                    .nth(1)
+                    .unwrap_or("(host-only)")
+                    .to_owned()
+            })
+            .collect();
+        // `.t.example` is covered by t.example; `example` adds one.
+        assert_eq!(
+            domains,
+            ["(host-only)", "www.t.example", "t.example", "example"]
+        );
     }
 
     #[test]
@@ -784,7 +953,8 @@ mod tests {
             got,
             vec![
                 "_ga=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/",
-                "_ga=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Domain=.t.example",
+                "_ga=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Domain=www.t.example",
+                "_ga=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Domain=t.example",
                 "_ga=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Domain=example",
             ]
         );
@@ -795,7 +965,11 @@ mod tests {
         let got = purged_with("", "_pk_id.1.ab=x", &[], &[]);
         assert_eq!(
             got,
-            vec!["_pk_id.1.ab=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/app"]
+            vec![
+                "_pk_id.1.ab=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/app",
+                "_pk_id.1.ab=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/app; Domain=www.t.example",
+                "_pk_id.1.ab=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/app; Domain=t.example",
+            ]
         );
     }
 
@@ -808,6 +982,8 @@ mod tests {
                 // __Host-: Secure, Path=/, never a Domain (its domains are ignored).
                 "__Host-track=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Secure",
                 "__Secure-ads=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Secure",
+                "__Secure-ads=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Domain=www.t.example; Secure",
+                "__Secure-ads=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Domain=t.example; Secure",
             ]
         );
         for v in &got {
@@ -842,7 +1018,7 @@ mod tests {
         // copy is expired all the same (a dropped header sets nothing).
         let got = purged_with("", "_ga=1", &[], &["_ga=new", "sessionid=2"]);
         assert_eq!(got[0], "sessionid=2");
-        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got.len(), 5, "{got:?}");
         assert!(got[1..].iter().all(|v| v.starts_with("_ga=; Max-Age=0")));
     }
 
@@ -853,8 +1029,8 @@ mod tests {
         let got = purged_with("", "_ga=1", &["ga"], &["cookies_preferences=; Max-Age=0"]);
         assert_eq!(
             got.len(),
-            4,
-            "consent withdrawn in the response: _ga purged (3 variants) {got:?}"
+            5,
+            "consent withdrawn in the response: _ga purged (4 variants) {got:?}"
         );
     }
 
@@ -862,9 +1038,10 @@ mod tests {
     fn purge_unknown_extends_to_unknown_cookies() {
         assert!(purged_with("", "zz=1", &[], &[]).is_empty());
         let got = purged_with("purge_unknown = true", "zz=1", &[], &[]);
+        assert_eq!(got.len(), 3, "{got:?}");
         assert_eq!(
-            got,
-            vec!["zz=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/"]
+            got[0],
+            "zz=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/"
         );
     }
 

@@ -91,8 +91,12 @@ enum Command {
         /// The request came over https (a Secure consent Set-Cookie needs it).
         #[arg(long)]
         https: bool,
+        /// Also print the purge deletions the response would get for the refused cookies of
+        /// --cookie (one `purge` line each).
+        #[arg(long)]
+        purge: bool,
         /// A Set-Cookie value from the upstream (repeat for several).
-        #[arg(long = "set-cookie", required = true)]
+        #[arg(long = "set-cookie", required_unless_present = "purge")]
         set_cookie: Vec<String>,
     },
     /// The audit log.
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
             gpc,
             path,
             https,
+            purge,
             set_cookie,
         } => explain(
             &config,
@@ -143,6 +148,7 @@ fn main() -> ExitCode {
             cookie.as_deref(),
             gpc,
             &consent_gateway::jar::RequestUrl::new(&host, &path, https),
+            purge,
             &set_cookie,
         ),
         Command::Audit {
@@ -541,10 +547,11 @@ fn explain(
     cookie: Option<&str>,
     gpc: bool,
     url: &consent_gateway::jar::RequestUrl<'_>,
+    purge: bool,
     set_cookies: &[String],
 ) -> ExitCode {
-    let registry = match config::load(path) {
-        Ok((_, r)) => r,
+    let (limits, registry) = match config::load(path) {
+        Ok((g, r)) => (g.limits, r),
         Err(errors) => {
             eprintln!("{errors}");
             return ExitCode::from(1);
@@ -580,6 +587,30 @@ fn explain(
                     "{:<10} {:<w$} {:<c$} {}: {}",
                     l.verdict, l.name, l.category, l.reason, l.detail
                 );
+            }
+            if purge {
+                let exchange = consent_gateway::filter::Exchange {
+                    url: url.clone(),
+                    now: consent_gateway::unix_now(),
+                    max_purge_headers: limits.max_purge_headers,
+                };
+                match consent_gateway::explain::purge(policy, cookie, gpc, &exchange, set_cookies) {
+                    Ok((deletions, capped)) => {
+                        for d in deletions {
+                            println!("{:<10} {}", "purge", d.header);
+                        }
+                        if capped {
+                            eprintln!(
+                                "purge capped at [limits] max_purge_headers = {}: the other refused cookies are deleted on later responses",
+                                limits.max_purge_headers
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(1);
+                    }
+                }
             }
             ExitCode::SUCCESS
         }

@@ -78,6 +78,9 @@ pub struct Metrics {
     /// `consent_gateway_client_aborts_total{host}`: requests the client abandoned before the
     /// response was complete (logged with status 499).
     pub client_aborts: Family<HostLabel, Counter>,
+    /// `consent_gateway_purge_capped_total{host}`: responses whose purge deletions hit
+    /// `[limits] max_purge_headers` (the other refused cookies wait for later responses).
+    pub purge_capped: Family<HostLabel, Counter>,
     /// `consent_gateway_worker_connections_open{worker}`: the same, by proxy worker, so that an
     /// uneven split of connections between workers shows.
     pub worker_connections_open: Family<WorkerLabel, Gauge>,
@@ -175,6 +178,12 @@ impl Metrics {
             "Requests the client abandoned before the response was complete (logged as 499)",
             client_aborts.clone(),
         );
+        let purge_capped = Family::<HostLabel, Counter>::default();
+        registry.register(
+            "purge_capped",
+            "Responses whose purge deletions hit max_purge_headers",
+            purge_capped.clone(),
+        );
         let worker_connections_open = Family::<WorkerLabel, Gauge>::default();
         registry.register(
             "worker_connections_open",
@@ -240,6 +249,7 @@ impl Metrics {
             upstream_errors,
             connections_open,
             client_aborts,
+            purge_capped,
             worker_connections_open,
             connections_refused,
             h2_cancel_limited,

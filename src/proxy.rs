@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use crate::body::{IdleBody, ProxyBody};
 use crate::config::{Cidr, Limits};
 use crate::error::ProxyError;
-use crate::filter::{add_vary_cookie, filter_response, strip_request, Summary};
+use crate::filter::{add_vary_cookie, filter_response, strip_request, Exchange, Summary};
 use crate::inventory::{Inventory, Shard};
 use crate::jar::RequestUrl;
 use crate::metrics::{CounterCache, HostKind, HostLabel, Metrics};
@@ -418,7 +418,12 @@ impl Proxy {
         }
 
         let now = crate::unix_now();
-        let url = RequestUrl::new(&host, request_uri.path(), self.scheme == "https");
+        let exchange = Exchange {
+            url: RequestUrl::new(&host, request_uri.path(), self.scheme == "https"),
+            now,
+            max_purge_headers: self.limits.max_purge_headers,
+        };
+        let url = &exchange.url;
         let metrics = &self.metrics;
         let mut groups: Vec<((&str, &'static str), u64)> = Vec::with_capacity(4);
         // The inventory sees every upstream Set-Cookie (attributes first, then each verdict).
@@ -434,7 +439,7 @@ impl Proxy {
         // `None` inside: the request's consent stands.
         let mut audit_cookies = audit.as_ref().map(|_| {
             let changed = if parts.headers.contains_key(header::SET_COOKIE) {
-                match crate::filter::response_consent(policy, &consent, &parts.headers, now, &url) {
+                match crate::filter::response_consent(policy, &consent, &parts.headers, now, url) {
                     std::borrow::Cow::Borrowed(_) => None,
                     std::borrow::Cow::Owned(c) => Some(c),
                 }
@@ -448,8 +453,7 @@ impl Proxy {
             &consent,
             &side,
             &mut parts.headers,
-            now,
-            &url,
+            &exchange,
             |sc, d| {
                 if let Some((_, facts)) = audit_cookies.as_mut() {
                     facts.push(crate::audit::CookieFacts {
@@ -493,6 +497,19 @@ impl Proxy {
         );
         // Releases this worker's inventory shard (never held across an await).
         drop(inventory);
+        if summary.purge_capped && policy.mode == Mode::Enforce {
+            self.metrics
+                .purge_capped
+                .get_or_create(&HostLabel {
+                    host: policy.name.clone(),
+                })
+                .inc();
+            tracing::info!(
+                host = %policy.name,
+                max_purge_headers = self.limits.max_purge_headers,
+                "purge capped: the other refused cookies are deleted on later responses"
+            );
+        }
         if summary.consent_not_held > 0 {
             tracing::info!(
                 host = %policy.name,

@@ -469,6 +469,34 @@ fn explain_with_gpc_refuses_the_gpc_categories() {
 }
 
 #[test]
+fn explain_purge_shows_the_deletions_a_request_would_get() {
+    let dir = ConfigDir::new(GATEWAY, &[("portal.toml", PORTAL)]);
+    let out = dir.run(
+        "explain",
+        &[
+            "--host",
+            "www.portal.example",
+            "--cookie",
+            "_ga=GA1.1.1; sessionid=s; ads_id=1",
+            "--purge",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let d = "=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/";
+    let want: Vec<String> = ["_ga", "ads_id"]
+        .iter()
+        .flat_map(|n| {
+            [
+                format!("purge      {n}{d}"),
+                format!("purge      {n}{d}; Domain=www.portal.example"),
+                format!("purge      {n}{d}; Domain=portal.example"),
+            ]
+        })
+        .collect();
+    assert_eq!(text(&out.stdout).lines().collect::<Vec<_>>(), want);
+}
+
+#[test]
 fn explain_an_unknown_host_exits_1() {
     let dir = ConfigDir::new(GATEWAY, &[("portal.toml", PORTAL)]);
     let out = dir.run(
