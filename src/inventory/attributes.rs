@@ -127,11 +127,11 @@ pub(crate) fn find_semicolon(s: &[u8]) -> Option<usize> {
     s[at..].iter().position(|&b| b == b';').map(|i| at + i)
 }
 
-/// Whether two short byte strings are equal, compared inline: cookie names and attribute parts
-/// are short, and a call to `memcmp` per comparison cost more than the comparison.
+/// Whether two byte strings are equal (`memcmp`: a byte-by-byte loop measured slower, even on
+/// short names).
 #[inline]
 pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+    a == b
 }
 
 /// A `Max-Age` value in seconds (RFC 6265bis §5.6.2: optional `-` then digits), saturating.
