@@ -911,11 +911,11 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
 
 /// Checks that a CA bundle reads and holds at least one certificate that parses as X.509 (the
 /// same test the upstream client applies when it builds its trust store).
-fn check_ca_bundle(path: &Path) -> Result<(), String> {
+fn load_ca_bundle(path: &Path) -> Result<crate::registry::UpstreamTrust, String> {
     use rustls_pki_types::pem::PemObject;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
-        rustls_pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("cannot read: {e}"))?
+        rustls_pki_types::CertificateDer::pem_slice_iter(&bytes)
             .collect::<Result<_, _>>()
             .map_err(|e| format!("invalid PEM: {e}"))?;
     if certs.is_empty() {
@@ -925,7 +925,38 @@ fn check_ca_bundle(path: &Path) -> Result<(), String> {
         webpki::anchor_from_trusted_cert(c)
             .map_err(|e| format!("a certificate does not parse: {e}"))?;
     }
-    Ok(())
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err("no usable CA certificate".into());
+    }
+    Ok(crate::registry::UpstreamTrust {
+        path: path.to_owned(),
+        digest: Sha256::digest(&bytes).into(),
+        roots: std::sync::Arc::new(roots),
+    })
+}
+
+/// Whether the `upstream_ca` bundle a compiled file was built with still has the same bytes
+/// (read again at each reload: a bundle replaced under an unchanged host file is a change).
+fn ca_unchanged(policy: &HostPolicy) -> bool {
+    policy.upstream_ca.as_ref().is_none_or(|t| {
+        std::fs::read(&t.path).is_ok_and(|b| <[u8; 32]>::from(Sha256::digest(&b)) == t.digest)
+    })
+}
+
+/// A compiled file's digest: its text's, and its `upstream_ca` bundle's if it names one.
+fn entry_digest(text: &str, policy: &HostPolicy) -> [u8; 32] {
+    let d = file_digest(text);
+    match &policy.upstream_ca {
+        None => d,
+        Some(t) => {
+            let mut h = Sha256::new();
+            h.update(d);
+            h.update(t.digest);
+            h.finalize().into()
+        }
+    }
 }
 
 /// A compiled host file and where each of its host patterns was written (for duplicate errors
@@ -993,14 +1024,19 @@ fn compile_host_file(path: &Path, text: &str) -> Result<CompiledFile, ConfigErro
             }
         }
     });
-    let upstream_ca = raw.upstream_ca.as_ref().map(|v| {
+    let upstream_ca = raw.upstream_ca.as_ref().and_then(|v| {
         let p = resolve(&base, v.get_ref());
         if upstream.as_ref().is_some_and(|u| !u.is_tls()) {
             errors.push(src.error(v.span(), "upstream_ca: only used with an https:// upstream"));
-        } else if let Err(why) = check_ca_bundle(&p) {
-            errors.push(src.error(v.span(), format!("upstream_ca: {}: {why}", p.display())));
+            return None;
         }
-        p
+        match load_ca_bundle(&p) {
+            Ok(trust) => Some(std::sync::Arc::new(trust)),
+            Err(why) => {
+                errors.push(src.error(v.span(), format!("upstream_ca: {}: {why}", p.display())));
+                None
+            }
+        }
     });
 
     // consent
@@ -1391,7 +1427,7 @@ impl CompileCache {
     pub fn digest(&self, files: &[(PathBuf, String)]) -> String {
         combine_digests(files.iter().map(|(p, t)| {
             let d = match self.files.get(p) {
-                Some((text, d, _)) if text == t => *d,
+                Some((text, d, c)) if text == t && ca_unchanged(&c.policy) => *d,
                 _ => file_digest(t),
             };
             (p.as_path(), d)
@@ -1417,9 +1453,10 @@ pub fn compile_registry_cached(
     cache: &mut CompileCache,
 ) -> Result<Registry, ConfigErrors> {
     let todo: Vec<usize> = (0..files.len())
-        .filter(
-            |&i| !matches!(cache.files.get(&files[i].0), Some((text, _, _)) if *text == files[i].1),
-        )
+        .filter(|&i| {
+            !matches!(cache.files.get(&files[i].0),
+                    Some((text, _, c)) if *text == files[i].1 && ca_unchanged(&c.policy))
+        })
         .collect();
     let fresh: Vec<(PathBuf, String)> = todo.iter().map(|&i| files[i].clone()).collect();
     let mut fresh = compile_files(&fresh).into_iter();
@@ -1467,9 +1504,10 @@ pub fn compile_registry_cached(
     }
     let mut next = std::collections::HashMap::with_capacity(files.len());
     let mut digests = Vec::with_capacity(files.len());
-    for ((path, text), c) in files.iter().zip(compiled) {
-        let d = match cache.files.get(path) {
-            Some((old, d, _)) if old == text => *d,
+    for (i, ((path, text), c)) in files.iter().zip(compiled).enumerate() {
+        let d = match (&c, cache.files.get(path)) {
+            (Ok(c), _) if todo.binary_search(&i).is_ok() => entry_digest(text, &c.policy),
+            (_, Some((_, d, _))) => *d,
             _ => file_digest(text),
         };
         digests.push(d);

@@ -102,6 +102,19 @@ impl std::fmt::Display for Upstream {
     }
 }
 
+/// A host's `upstream_ca` bundle, read and parsed when the registry was compiled (never on the
+/// request path). A reload reads the file again; `digest` (SHA-256 of its bytes) tells whether
+/// the trust changed, and keys the upstream client built on it.
+#[derive(Debug)]
+pub struct UpstreamTrust {
+    /// The bundle's path, resolved against the host file's directory.
+    pub path: PathBuf,
+    /// SHA-256 of the file's bytes as read.
+    pub digest: [u8; 32],
+    /// Its certificates, the only trust anchors of this host's upstream.
+    pub roots: Arc<rustls::RootCertStore>,
+}
+
 /// One registry file, compiled: everything the request path needs for one portal.
 #[derive(Debug, Clone)]
 pub struct HostPolicy {
@@ -113,7 +126,14 @@ pub struct HostPolicy {
     pub upstream: Upstream,
     /// Host header (and SNI) sent upstream; `None` keeps the client's Host.
     pub upstream_host: Option<http::HeaderValue>,
-    pub upstream_ca: Option<PathBuf>,
+    pub upstream_ca: Option<Arc<UpstreamTrust>>,
+    /// The TLS server name sent upstream when it is not the `upstream` host: the host of
+    /// `upstream_host`.
+    pub upstream_sni: Option<Box<str>>,
+    /// Which pooled upstream client serves this host: SHA-256 over the trust (`upstream_ca`'s
+    /// digest, or the platform's roots) and the SNI name. Equal keys, interchangeable clients;
+    /// a changed bundle gives a new key, so a new client.
+    pub upstream_client_key: [u8; 32],
     pub mode: Mode,
     pub unknown_cookies: UnknownCookies,
     pub strip_request_cookies: bool,
@@ -138,7 +158,7 @@ impl HostPolicy {
         hosts: Vec<HostPattern>,
         upstream: Upstream,
         upstream_host: Option<http::HeaderValue>,
-        upstream_ca: Option<PathBuf>,
+        upstream_ca: Option<Arc<UpstreamTrust>>,
         mode: Mode,
         unknown_cookies: UnknownCookies,
         strip_request_cookies: bool,
@@ -160,6 +180,29 @@ impl HostPolicy {
         }
         prefixes.sort_by_key(|p: &(Box<[u8]>, usize)| std::cmp::Reverse(p.0.len()));
         let name = hosts.first().map(ToString::to_string).unwrap_or_default();
+        let upstream_sni: Option<Box<str>> = upstream_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(|h| {
+                h.parse::<http::uri::Authority>()
+                    .map_or_else(|_| h.into(), |a| a.host().into())
+            });
+        let upstream_client_key = {
+            use sha2::{Digest, Sha256};
+            let mut k = Sha256::new();
+            match &upstream_ca {
+                Some(t) => {
+                    k.update([1]);
+                    k.update(t.digest);
+                }
+                None => k.update([0]),
+            }
+            if let Some(sni) = &upstream_sni {
+                k.update([1]);
+                k.update(sni.as_bytes());
+            }
+            k.finalize().into()
+        };
         HostPolicy {
             file,
             name,
@@ -167,6 +210,8 @@ impl HostPolicy {
             upstream,
             upstream_host,
             upstream_ca,
+            upstream_sni,
+            upstream_client_key,
             mode,
             unknown_cookies,
             strip_request_cookies,

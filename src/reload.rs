@@ -167,6 +167,9 @@ impl Live {
                     errors.extend(e.0);
                     None
                 }
+                // Recompiled to the registry already serving (a first reload, whose cache is
+                // empty, cannot tell before compiling when a file names an `upstream_ca`).
+                Ok(r) if r.digest == self.current.load().registry.digest => None,
                 Ok(r) => Some(r),
             },
         };

@@ -5,8 +5,9 @@
 //! (`*.suffix.crt` or `_wildcard.suffix.crt`), then any certificate valid for the name, then the
 //! default certificate. A reload swaps the whole set; a broken file keeps the last good set.
 //!
-//! Upstream: [`Upstreams`] hands out pooled clients, one per (CA bundle, SNI name), trusting the
-//! platform's roots unless the host names its own `upstream_ca`. An [`UpstreamClient`] bounds the
+//! Upstream: [`Upstreams`] hands out pooled clients, one per (trust, SNI name), trusting the
+//! platform's roots unless the host names its own `upstream_ca` (read at registry load, keyed by
+//! the digest of its bytes, so a reload with a new bundle gets a new client). An [`UpstreamClient`] bounds the
 //! upstream's response head, skips header lines that do not parse, and retries a bodiless
 //! idempotent request once when the upstream closed a kept-alive connection under it.
 
@@ -564,24 +565,21 @@ impl tokio::io::AsyncWrite for CappedTcp {
 /// Why an upstream client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamTlsError {
-    #[error("cannot read upstream_ca {0}: {1}")]
-    Ca(PathBuf, String),
+    #[error("TLS client configuration: {0}")]
+    Config(String),
     #[error("upstream_host {0:?} is not a valid TLS server name")]
     ServerName(String),
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct ClientKey {
-    ca: Option<PathBuf>,
-    sni: Option<String>,
-}
-
-/// Clients by (CA bundle, SNI name), built on first use and pooled from then on.
+/// Clients by trust and SNI name ([`HostPolicy::upstream_client_key`]), built on first use and
+/// pooled from then on. The CA bundle was read and parsed when the registry was compiled: nothing
+/// here touches the filesystem. A reload that changes a bundle changes the key, so the host gets
+/// a new client (and new connections) on its next request.
 pub struct Upstreams {
     limits: Limits,
     /// The platform's trusted roots, read once.
     platform_roots: Arc<rustls::RootCertStore>,
-    clients: Mutex<HashMap<ClientKey, Arc<UpstreamClient>>>,
+    clients: Mutex<HashMap<[u8; 32], Arc<UpstreamClient>>>,
     /// The client of every plain-http upstream (no CA, no SNI): found without a lock.
     plain: std::sync::OnceLock<Arc<UpstreamClient>>,
 }
@@ -612,62 +610,39 @@ impl Upstreams {
         Upstreams::with_roots(self.limits.clone(), Arc::clone(&self.platform_roots))
     }
 
-    /// The client for a host's upstream.
+    /// The client for a host's upstream. No allocation once the client exists.
     pub fn client_for(&self, policy: &HostPolicy) -> Result<Arc<UpstreamClient>, UpstreamTlsError> {
         if !policy.upstream.is_tls() {
             if let Some(c) = self.plain.get() {
                 return Ok(Arc::clone(c));
             }
-            let built = Arc::new(self.build(&ClientKey {
-                ca: None,
-                sni: None,
-            })?);
+            let built = Arc::new(self.build(None, None)?);
             return Ok(Arc::clone(self.plain.get_or_init(|| built)));
         }
-        let key = ClientKey {
-            ca: policy.upstream_ca.clone(),
-            sni: policy
-                .upstream_host
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .map(|h| {
-                    h.parse::<http::uri::Authority>()
-                        .map_or_else(|_| h.to_owned(), |a| a.host().to_owned())
-                }),
-        };
-        if let Some(c) = self.clients.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        let key = &policy.upstream_client_key;
+        if let Some(c) = self.clients.lock().ok().and_then(|m| m.get(key).cloned()) {
             return Ok(c);
         }
-        let client = Arc::new(self.build(&key)?);
+        let client = Arc::new(self.build(
+            policy.upstream_ca.as_ref().map(|t| Arc::clone(&t.roots)),
+            policy.upstream_sni.as_deref(),
+        )?);
         if let Ok(mut m) = self.clients.lock() {
-            m.insert(key, Arc::clone(&client));
+            m.insert(*key, Arc::clone(&client));
         }
         Ok(client)
     }
 
-    fn build(&self, key: &ClientKey) -> Result<UpstreamClient, UpstreamTlsError> {
-        let roots = match &key.ca {
-            None => Arc::clone(&self.platform_roots),
-            Some(path) => {
-                let mut roots = rustls::RootCertStore::empty();
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| UpstreamTlsError::Ca(path.clone(), e.to_string()))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| UpstreamTlsError::Ca(path.clone(), e.to_string()))?;
-                let (added, _) = roots.add_parsable_certificates(certs);
-                if added == 0 {
-                    return Err(UpstreamTlsError::Ca(
-                        path.clone(),
-                        "no usable CA certificate".into(),
-                    ));
-                }
-                Arc::new(roots)
-            }
-        };
+    fn build(
+        &self,
+        ca: Option<Arc<rustls::RootCertStore>>,
+        sni: Option<&str>,
+    ) -> Result<UpstreamClient, UpstreamTlsError> {
+        let roots = ca.unwrap_or_else(|| Arc::clone(&self.platform_roots));
         let tls =
             rustls::ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
                 .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                .map_err(|e| UpstreamTlsError::Ca(PathBuf::new(), e.to_string()))?
+                .map_err(|e| UpstreamTlsError::Config(e.to_string()))?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
         let mut http = HttpConnector::new();
@@ -677,10 +652,10 @@ impl Upstreams {
         let builder = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
-        let builder = match &key.sni {
+        let builder = match sni {
             Some(name) => {
-                let sn = ServerName::try_from(name.clone())
-                    .map_err(|_| UpstreamTlsError::ServerName(name.clone()))?;
+                let sn = ServerName::try_from(name.to_owned())
+                    .map_err(|_| UpstreamTlsError::ServerName(name.to_owned()))?;
                 builder.with_server_name_resolver(FixedServerNameResolver::new(sn))
             }
             None => builder,

@@ -412,6 +412,140 @@ async fn an_upstream_certificate_from_another_ca_is_502() {
     assert_eq!(r.body, b"502 bad gateway\n");
 }
 
+/// Serves `secure origin` over TLS with `leaf` on `listener` until the returned task is aborted,
+/// which closes the listener and every connection it accepted (an origin going down).
+fn serve_tls(listener: tokio::net::TcpListener, leaf: &Leaf) -> tokio::task::JoinHandle<()> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            conns.spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc =
+                    hyper::service::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(full("secure origin")))
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    })
+}
+
+/// Writes `text` to `path` by rename, as a secret mount or cert-manager replaces a file.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The `upstream_ca` bundle is read when the registry loads and again at each reload: an origin
+/// re-issued by another CA is reached once the bundle is replaced and the gateway reloaded (the
+/// upstream client is rebuilt on the new trust). Before, the bundle was read once, at the first
+/// request, and kept: the reload changed nothing and the origin stayed a 502.
+#[tokio::test]
+async fn a_replaced_upstream_ca_is_trusted_after_a_reload() {
+    let (ca1, ca2) = (Ca::new("origin CA 1"), Ca::new("origin CA 2"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let origin = serve_tls(listener, &ca1.leaf(&["origin.test"]));
+    let bundles = tempfile::tempdir().unwrap();
+    let ca_path = bundles.path().join("origin-ca.pem");
+    std::fs::write(&ca_path, &ca1.pem).unwrap();
+    let front = Ca::new("front CA").leaf(&["portal.test"]);
+    let t = TlsGateway::start(
+        &[("portal.test", &front)],
+        None,
+        https_upstream_toml(up, &ca_path),
+    )
+    .await;
+    let http = t.gw.http_addr.unwrap();
+    let r = get(http, "portal.test", "/", "").await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"secure origin"[..]));
+    assert_eq!(
+        t.gw.reload().await,
+        ReloadResult::Unchanged,
+        "nothing changed"
+    );
+
+    // The origin is re-issued by CA-2 and restarted on the same port; the bundle is replaced.
+    origin.abort();
+    let _ = origin.await;
+    let listener = tokio::net::TcpListener::bind(up).await.unwrap();
+    let origin = serve_tls(listener, &ca2.leaf(&["origin.test"]));
+    replace_file(&ca_path, &ca2.pem);
+    assert_eq!(
+        get(http, "portal.test", "/", "").await.status,
+        502,
+        "CA-1 is trusted until the reload"
+    );
+    let reloaded = t.gw.reload().await;
+    assert!(
+        matches!(reloaded, ReloadResult::Success(_)),
+        "a replaced bundle is a change: {reloaded:?}"
+    );
+    let r = get(http, "portal.test", "/", "").await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"secure origin"[..]),
+        "CA-2 trusted after the reload"
+    );
+
+    // A bundle that does not parse: the reload fails naming the host file and the bundle, and
+    // the last good trust (CA-2) keeps serving.
+    replace_file(&ca_path, "not a certificate\n");
+    let ReloadResult::Error(errors) = t.gw.reload().await else {
+        panic!("a broken bundle must fail the reload");
+    };
+    let bundle = ca_path.display().to_string();
+    assert!(
+        errors.iter().any(|e| e.file.ends_with("portal.toml")
+            && e.message.contains(&bundle)
+            && e.message.contains("no CERTIFICATE block")),
+        "{errors:?}"
+    );
+    let r = get(http, "portal.test", "/", "").await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"secure origin"[..]));
+    let reg: serde_json::Value =
+        serde_json::from_slice(&admin(&t.gw, "/registry").await.body).unwrap();
+    assert!(
+        reg["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&bundle),
+        "{reg}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_consent-gateway"))
+        .args(["check", "--config"])
+        .arg(t.dir.path().join("gateway.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&bundle), "{stderr}");
+    origin.abort();
+}
+
 #[tokio::test]
 async fn a_renewed_certificate_serves_new_connections_while_old_ones_keep_working() {
     let ca = Ca::new("test CA");
