@@ -909,8 +909,8 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
     Ok(Upstream { scheme, authority })
 }
 
-/// Checks that a CA bundle reads and holds at least one certificate that parses as X.509 (the
-/// same test the upstream client applies when it builds its trust store).
+/// Reads a CA bundle and parses it into the trust store of the host's upstream client: it must
+/// hold at least one certificate, and each must parse as X.509.
 fn load_ca_bundle(path: &Path) -> Result<crate::registry::UpstreamTrust, String> {
     use rustls_pki_types::pem::PemObject;
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
@@ -940,9 +940,12 @@ fn load_ca_bundle(path: &Path) -> Result<crate::registry::UpstreamTrust, String>
 /// Whether the `upstream_ca` bundle a compiled file was built with still has the same bytes
 /// (read again at each reload: a bundle replaced under an unchanged host file is a change).
 fn ca_unchanged(policy: &HostPolicy) -> bool {
-    policy.upstream_ca.as_ref().is_none_or(|t| {
-        std::fs::read(&t.path).is_ok_and(|b| <[u8; 32]>::from(Sha256::digest(&b)) == t.digest)
-    })
+    match &policy.upstream_ca {
+        None => true,
+        Some(t) => {
+            std::fs::read(&t.path).is_ok_and(|b| <[u8; 32]>::from(Sha256::digest(&b)) == t.digest)
+        }
+    }
 }
 
 /// A compiled file's digest: its text's, and its `upstream_ca` bundle's if it names one.
