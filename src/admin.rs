@@ -123,10 +123,7 @@ pub fn handle<B>(state: &AdminState, req: &Request<B>) -> Response<ProxyBody> {
 /// matches a Host header), from the snapshot serving now.
 fn policy(state: &AdminState, host: &str, headers: &http::HeaderMap) -> Response<ProxyBody> {
     let snap = state.live.load();
-    let Some(p) = (!host.is_empty() && !host.contains('/'))
-        .then(|| snap.registry.lookup(host.as_bytes()))
-        .flatten()
-    else {
+    let Some(p) = registry_file(&snap.registry, host) else {
         return text(
             StatusCode::NOT_FOUND,
             "404 no registry file names this host\n",
@@ -137,24 +134,40 @@ fn policy(state: &AdminState, host: &str, headers: &http::HeaderMap) -> Response
     let mut r = if policy_page::wants_json(accept) {
         json(&view)
     } else {
-        let mut r = Response::new(ProxyBody::full(policy_page::html(&view)));
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        // The page is self-contained: no script, no external resource, only its inline style.
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
-        );
-        r
+        html_page(policy_page::html(&view))
     };
     let h = r.headers_mut();
     h.insert(header::VARY, HeaderValue::from_static("Accept"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// The registry file serving `host` (matched as the proxy matches a Host header), or `None`
+/// for an empty host or one with a path in it.
+fn registry_file<'r>(
+    registry: &'r crate::registry::Registry,
+    host: &str,
+) -> Option<&'r Arc<crate::registry::HostPolicy>> {
+    (!host.is_empty() && !host.contains('/'))
+        .then(|| registry.lookup(host.as_bytes()))
+        .flatten()
+}
+
+/// A self-contained HTML page (`/policy`, `/inventory`): no script, no external resource, only
+/// its inline style, and a CSP that says so.
+fn html_page(body: String) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(body));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
     );
     r
 }
@@ -191,10 +204,7 @@ fn json<T: Serialize>(v: &T) -> Response<ProxyBody> {
 /// snapshot serving now. JSON, or HTML when `Accept` prefers `text/html` (a browser).
 fn inventory(state: &AdminState, host: &str, headers: &http::HeaderMap) -> Response<ProxyBody> {
     let snap = state.live.load();
-    let Some(p) = (!host.is_empty() && !host.contains('/'))
-        .then(|| snap.registry.lookup(host.as_bytes()))
-        .flatten()
-    else {
+    let Some(p) = registry_file(&snap.registry, host) else {
         return text(
             StatusCode::NOT_FOUND,
             "404 no registry file names this host\n",
@@ -203,17 +213,7 @@ fn inventory(state: &AdminState, host: &str, headers: &http::HeaderMap) -> Respo
     let view = state.inventory.host_view(host, p);
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let mut r = if crate::inventory::page::wants_html(accept) {
-        let mut r = Response::new(ProxyBody::full(crate::inventory::page::html(&view)));
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
-        );
-        r
+        html_page(crate::inventory::page::html(&view))
     } else {
         json(&view)
     };

@@ -41,21 +41,7 @@ pub fn explain(
     set_cookies: &[String],
     now: i64,
 ) -> Result<(Consent, Vec<Line>), String> {
-    let mut req = HeaderMap::new();
-    if let Some(c) = cookie {
-        let v = HeaderValue::from_str(c)
-            .map_err(|_| format!("--cookie {c:?}: not a valid header value"))?;
-        req.insert(COOKIE, v);
-    }
-    if gpc {
-        req.insert("sec-gpc", HeaderValue::from_static("1"));
-    }
-    let mut resp = HeaderMap::new();
-    for s in set_cookies {
-        let v = HeaderValue::from_str(s)
-            .map_err(|_| format!("--set-cookie {s:?}: not a valid header value"))?;
-        resp.append(SET_COOKIE, v);
-    }
+    let (req, mut resp) = exchange_headers(cookie, gpc, set_cookies)?;
     let consent = request_consent(policy, &req);
     let effective = response_consent(policy, &consent, &resp, now, url).into_owned();
     let mut lines = Vec::new();
@@ -115,21 +101,7 @@ pub fn purge(
     exchange: &crate::filter::Exchange<'_>,
     set_cookies: &[String],
 ) -> Result<(Vec<Deletion>, bool), String> {
-    let mut req = HeaderMap::new();
-    if let Some(c) = cookie {
-        let v = HeaderValue::from_str(c)
-            .map_err(|_| format!("--cookie {c:?}: not a valid header value"))?;
-        req.insert(COOKIE, v);
-    }
-    if gpc {
-        req.insert("sec-gpc", HeaderValue::from_static("1"));
-    }
-    let mut resp = HeaderMap::new();
-    for s in set_cookies {
-        let v = HeaderValue::from_str(s)
-            .map_err(|_| format!("--set-cookie {s:?}: not a valid header value"))?;
-        resp.append(SET_COOKIE, v);
-    }
+    let (mut req, mut resp) = exchange_headers(cookie, gpc, set_cookies)?;
     let consent = request_consent(policy, &req);
     let side = crate::filter::strip_request(policy, &consent, &mut req);
     let mut kept = 0;
@@ -150,4 +122,29 @@ pub fn purge(
         })
         .collect();
     Ok((deletions, summary.purge_capped))
+}
+
+/// The request headers (`--cookie`, `--gpc`) and upstream response headers (`--set-cookie`)
+/// that `explain` judges, as the proxy would receive them.
+fn exchange_headers(
+    cookie: Option<&str>,
+    gpc: bool,
+    set_cookies: &[String],
+) -> Result<(HeaderMap, HeaderMap), String> {
+    let mut req = HeaderMap::new();
+    if let Some(c) = cookie {
+        let v = HeaderValue::from_str(c)
+            .map_err(|_| format!("--cookie {c:?}: not a valid header value"))?;
+        req.insert(COOKIE, v);
+    }
+    if gpc {
+        req.insert("sec-gpc", HeaderValue::from_static("1"));
+    }
+    let mut resp = HeaderMap::new();
+    for s in set_cookies {
+        let v = HeaderValue::from_str(s)
+            .map_err(|_| format!("--set-cookie {s:?}: not a valid header value"))?;
+        resp.append(SET_COOKIE, v);
+    }
+    Ok((req, resp))
 }
