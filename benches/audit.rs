@@ -20,8 +20,8 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use consent_gateway::audit::record::{canonical_event, seal, Stamp};
 use consent_gateway::audit::{Audit, ConsentFacts, CookieFacts, Event, ResponseFacts};
 use consent_gateway::config::{AuditConfig, AuditPath};
-use consent_gateway::consent::{ConsentSpec, Format};
 use consent_gateway::metrics::Metrics;
+use consent_gateway::policy::consent::{ConsentSpec, Format};
 
 const COOKIES: [(&str, &str, &str, &str); 7] = [
     ("sessionid", "necessary", "kept", "necessary"),
@@ -37,7 +37,7 @@ const PREFS: &str =
     "%7B%22necessary%22%3Atrue%2C%22statistical%22%3Afalse%2C%22marketing%22%3Afalse%7D";
 
 fn facts(cookie_headers: &[http::HeaderValue], spec: &ConsentSpec) -> Event {
-    let consent = consent_gateway::consent::Consent::none();
+    let consent = consent_gateway::policy::consent::Consent::none();
     Event::Response(Box::new(ResponseFacts {
         time_ms: 1_764_583_200_123,
         host: "bench.test".to_owned(),

@@ -24,13 +24,13 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
-use consent_gateway::consent::{ConsentSpec, Format};
-use consent_gateway::explain::request_consent;
-use consent_gateway::filter::filter_set_cookies;
-use consent_gateway::policy::decide;
-use consent_gateway::registry::HostPolicy;
-use consent_gateway::request_cookies::pairs;
-use consent_gateway::set_cookie::SetCookie;
+use consent_gateway::cli::explain::request_consent;
+use consent_gateway::policy::consent::{ConsentSpec, Format};
+use consent_gateway::policy::decide::decide;
+use consent_gateway::policy::filter::filter_set_cookies;
+use consent_gateway::policy::registry::HostPolicy;
+use consent_gateway::policy::request_cookies::pairs;
+use consent_gateway::policy::set_cookie::SetCookie;
 
 /// The bench upstream's `Set-Cookie` headers, in its order.
 const SET_COOKIES: [&str; 7] = [
@@ -237,7 +237,7 @@ fn bench(c: &mut Criterion) {
     let response = response();
     let refused = request(false);
     let granted = request(true);
-    let url = consent_gateway::jar::RequestUrl::new("dashboard.paris", "/explore/", true);
+    let url = consent_gateway::policy::jar::RequestUrl::new("dashboard.paris", "/explore/", true);
 
     // Sanity: the cases are the ones named.
     for (req, want_kept) in [(&refused, 3), (&granted, 7)] {

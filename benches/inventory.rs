@@ -20,11 +20,11 @@ use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
 use consent_gateway::config::InventoryConfig;
-use consent_gateway::consent::Consent;
-use consent_gateway::filter::filter_set_cookies;
 use consent_gateway::inventory::Inventory;
-use consent_gateway::policy::Verdict;
-use consent_gateway::registry::HostPolicy;
+use consent_gateway::policy::consent::Consent;
+use consent_gateway::policy::decide::Verdict;
+use consent_gateway::policy::filter::filter_set_cookies;
+use consent_gateway::policy::registry::HostPolicy;
 
 const SET_COOKIES: [&str; 7] = [
     "sessionid=abc123; Path=/; HttpOnly; Secure; SameSite=Lax",
@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
     let shard = inventory.shard().unwrap_or_else(|| panic!("inventory on"));
     let req = request();
     let now = 1_779_000_000;
-    let url = consent_gateway::jar::RequestUrl::new("127.0.0.1", "/", false);
+    let url = consent_gateway::policy::jar::RequestUrl::new("127.0.0.1", "/", false);
     // Steady state: every name known.
     {
         let mut r = shard.recorder(&policy, now);

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use consent_gateway::config::{
     compile_registry, compile_registry_cached, load_registry, CompileCache,
 };
+use consent_gateway::control::live::{spawn_watcher, Live, WatchOptions};
 use consent_gateway::metrics::Metrics;
-use consent_gateway::reload::{spawn_watcher, Live, WatchOptions};
 
 /// One registry file with `cookies` entries (a mix of names and prefixes, five categories).
 fn host_file(i: usize, cookies: usize) -> String {

@@ -10,14 +10,16 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, AdminState};
 use crate::config::{ConfigError, GatewayConfig};
+use crate::control::admin::{self, AdminState};
+use crate::control::certs::{self, CertStore};
+use crate::control::live::{spawn_watcher, Live, ReloadResult, WatchOptions, WatcherHandle};
+use crate::edge::tls;
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
+use crate::policy::registry::Registry;
+use crate::proxy::upstream::Upstreams;
 use crate::proxy::Proxy;
-use crate::registry::Registry;
-use crate::reload::{spawn_watcher, Live, ReloadResult, WatchOptions, WatcherHandle};
-use crate::tls::{self, CertStore, Upstreams};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -191,14 +193,14 @@ impl Worker {
             // connection, idle keep-alive ones included; a pointer there instead of the whole
             // request state (~2 KiB) saves that much per idle connection.
             let handler = move |req, peer| Box::pin(Arc::clone(&proxy).handle(req, peer));
-            tasks.spawn(crate::server::serve_with(
+            tasks.spawn(crate::edge::server::serve_with(
                 listener,
                 handler,
                 shared.limits.clone(),
                 Some(Arc::clone(&shared.metrics)),
                 shared.shutdown.clone(),
                 l.acceptor,
-                crate::server::ListenerHooks {
+                crate::edge::server::ListenerHooks {
                     permits: Arc::clone(&shared.permits),
                     closed: Some(notice),
                     worker_gauge: Some(worker_gauge.clone()),
@@ -231,7 +233,7 @@ impl Gateway {
         let inventory = Arc::new(Inventory::new(config.inventory.clone()));
         let certs = match &config.tls {
             Some(t) => {
-                let set = tls::load_certs(&t.certs_dir, t.default_cert.as_deref())
+                let set = certs::load_certs(&t.certs_dir, t.default_cert.as_deref())
                     .map_err(StartError::Certs)?;
                 Some(Arc::new(CertStore::new(
                     set,
@@ -343,18 +345,18 @@ impl Gateway {
             });
             let handler = move |req: http::Request<hyper::body::Incoming>, _peer| {
                 let state = Arc::clone(&state);
-                async move { admin::handle(&state, &req) }
+                async move { admin::handle(&state, &req).map(crate::proxy::body::ProxyBody::full) }
             };
             let mut limits = config.limits.clone();
             limits.max_connections = admin::MAX_CONNECTIONS;
-            let hooks = crate::server::ListenerHooks {
+            let hooks = crate::edge::server::ListenerHooks {
                 permits: Arc::new(Semaphore::new(limits.max_connections)),
                 closed: None,
                 worker_gauge: None,
-                probes: Some(crate::server::ProbeLane::new(admin::is_probe)),
+                probes: Some(crate::edge::server::ProbeLane::new(admin::is_probe)),
                 listener: "admin",
             };
-            admin_task = Some(tokio::spawn(crate::server::serve_with(
+            admin_task = Some(tokio::spawn(crate::edge::server::serve_with(
                 listener,
                 handler,
                 limits,

@@ -2,64 +2,45 @@
 //!
 //! # Layout
 //!
-//! Pure modules (no sockets, files or clocks):
-//! - [`host`]: host patterns (`name`, `*.suffix`) and the most-specific-match host table.
-//! - [`request_cookies`]: the request's `Cookie` header(s) read as bytes.
-//! - [`consent`]: consent cookie decoding, one module per format, and `Sec-GPC`.
-//! - [`set_cookie`]: one `Set-Cookie` value read as a browser reads it (name, deletion, attributes).
-//! - [`jar`]: what a browser's jar would do: hold a `Set-Cookie` for a URL or not (RFC 6265bis
-//!   storage model, Public Suffix List), and the `Domain` variants a purge must cover.
-//! - [`registry`]: the compiled per-host policy and its cookie-name index.
-//! - [`policy`]: the keep/drop decision for one `Set-Cookie`, with its reason.
-//! - [`filter`]: the decision applied to a response's headers; `Vary: Cookie`.
-//! - [`policy_page`]: a host's cookie policy rendered as HTML and JSON for `/policy/{host}`.
-//! - [`import`]: `import-policy`: a cookie-policy page read into a registry file.
-//! - [`audit`]: the tamper-evident audit log: records, their hash chain, `audit verify`, and its
-//!   writer thread (the one I/O part, fed by a bounded queue that never blocks a request).
-//! - [`inventory`]: the live cookie inventory (per-worker shards), the bundled cookie knowledge
-//!   base, `/inventory/{host}` as HTML, and `suggest` (its I/O part reads other gateways).
+//! The folders are the parts; arrows point one way, from the command line and the edge toward the
+//! pure core (`.ci/check-layers.py` fails the build on an arrow pointing back up or an import
+//! cycle). Top to bottom:
 //!
-//! Edges and I/O:
-//! - [`config`]: the config files, parsed and compiled into a registry; `file:line:col` errors.
-//! - [`explain`]: the `explain` command over the same filter the proxy runs.
-//! - [`error`]: the request path's error type and its status mapping.
-//! - [`body`]: streamed bodies and connections with idle timeouts.
-//! - [`hardening`]: request smuggling checks hyper does not make (raw request heads judged).
-//! - [`proxy`]: one request from the client to the upstream and back (read this first).
-//! - [`server`]: accept loop, connection limit, graceful drain.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/registry`, `/policy/{host}`, `/inventory`.
-//! - [`metrics`]: the Prometheus metrics.
-//! - [`reload`]: the live registry handle and reloads.
+//! - [`cli`]: the commands beside `run`: `explain`, `import-policy`, `demo`.
 //! - [`gateway`]: listeners bound and everything started; what `main`, the demo and tests run.
-//! - [`demo`]: the built-in sample portal behind the gateway.
+//! - [`edge`]: what faces the client before a request exists: accept loop, connection limit,
+//!   graceful drain ([`edge::server`]); the HTTP/1 head scanner that sees the bytes hyper parses
+//!   ([`edge::scanner`]); the https listener's rustls config ([`edge::tls`]).
+//! - [`proxy`]: one request from the client to the upstream and back (read this first): the
+//!   handler ([`proxy`]), request checks ([`proxy::checks`]), the upstream client pool
+//!   ([`proxy::upstream`]), streamed bodies with idle timeouts ([`proxy::body`]), the error type and
+//!   its status mapping ([`proxy::error`]).
+//! - [`control`]: the live registry handle and its reloads ([`control::live`]), the server
+//!   certificates reloaded with it ([`control::certs`]), the admin endpoint ([`control::admin`]).
+//! - [`audit`]: the tamper-evident audit log: records, their hash chain, `audit verify`, and its
+//!   writer thread (fed by a bounded queue that never blocks a request).
+//! - [`inventory`]: the live cookie inventory (per-worker shards), the bundled cookie knowledge
+//!   base, `/inventory/{host}` as HTML, and `suggest`.
+//! - [`metrics`]: the Prometheus metrics.
+//! - [`config`]: the config files, parsed and compiled into a registry; `file:line:col` errors.
+//! - [`policy`]: the pure core (no sockets, files or clocks): host patterns, the registry, the
+//!   request's cookies, consent decoding, a `Set-Cookie` as a browser reads and stores it, the one
+//!   keep/drop decision ([`policy::decide`]) and its application to a request or response
+//!   ([`policy::filter`]), a host's policy page.
+//! - this file: the clock and the UTC calendar, which every part may use.
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod audit;
-pub mod body;
+pub mod cli;
 pub mod config;
-pub mod consent;
-pub mod demo;
-pub mod error;
-pub mod explain;
-pub mod filter;
+pub mod control;
+pub mod edge;
 pub mod gateway;
-pub mod hardening;
-pub mod host;
-pub mod import;
 pub mod inventory;
-pub mod jar;
 pub mod metrics;
 pub mod policy;
-pub mod policy_page;
 pub mod proxy;
-pub mod registry;
-pub mod reload;
-pub mod request_cookies;
-pub mod server;
-pub mod set_cookie;
-pub mod tls;
 
 /// Milliseconds since the Unix epoch by the system clock (0 if the clock is before 1970).
 pub fn unix_now_ms() -> i64 {
@@ -91,4 +72,13 @@ pub(crate) fn utc_civil(secs: i64) -> [i64; 6] {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     [y, m, d, rem / 3600, rem % 3600 / 60, rem % 60]
+}
+
+/// `2026-11-23T10:00:00Z` (UTC, whole seconds).
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+    let [y, m, d, hh, mm, ss] = crate::utc_civil(secs);
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
 }

@@ -147,7 +147,7 @@ fn main() -> ExitCode {
             &host,
             cookie.as_deref(),
             gpc,
-            &consent_gateway::jar::RequestUrl::new(&host, &path, https),
+            &consent_gateway::policy::jar::RequestUrl::new(&host, &path, https),
             purge,
             &set_cookie,
         ),
@@ -344,7 +344,7 @@ impl Signals {
 }
 
 async fn demo(port: u16) -> ExitCode {
-    match consent_gateway::demo::start(port).await {
+    match consent_gateway::cli::demo::start(port).await {
         Ok(demo) => {
             println!("{}", demo.instructions());
             let _ = tokio::signal::ctrl_c().await;
@@ -457,7 +457,7 @@ fn import_policy(file: &Path, host: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match consent_gateway::import::import(&text, &file.display().to_string(), host) {
+    match consent_gateway::cli::import::import(&text, &file.display().to_string(), host) {
         Ok(imported) => {
             print!("{}", imported.toml);
             eprintln!(
@@ -483,7 +483,7 @@ fn import_merge(file: &Path, host: Option<&str>, existing: &Path) -> ExitCode {
         return ExitCode::from(1);
     };
     let source = file.display().to_string();
-    match consent_gateway::import::merge(&text, &source, &current, existing, host) {
+    match consent_gateway::cli::import::merge(&text, &source, &current, existing, host) {
         Ok(m) => {
             print!("{}", m.toml);
             eprintln!(
@@ -508,12 +508,12 @@ fn import_merge(file: &Path, host: Option<&str>, existing: &Path) -> ExitCode {
 const EXPIRY_WARNING_DAYS: i64 = 14;
 
 fn check_certs(dir: &Path, default: Option<&str>) -> ExitCode {
-    match consent_gateway::tls::load_certs(dir, default) {
+    match consent_gateway::control::certs::load_certs(dir, default) {
         Ok(set) => {
             let now = consent_gateway::unix_now();
             for c in &set.certs {
                 let days = (c.not_after - now).div_euclid(86_400);
-                let at = consent_gateway::reload::rfc3339(
+                let at = consent_gateway::rfc3339(
                     std::time::UNIX_EPOCH
                         + std::time::Duration::from_secs(u64::try_from(c.not_after).unwrap_or(0)),
                 );
@@ -546,7 +546,7 @@ fn explain(
     host: &str,
     cookie: Option<&str>,
     gpc: bool,
-    url: &consent_gateway::jar::RequestUrl<'_>,
+    url: &consent_gateway::policy::jar::RequestUrl<'_>,
     purge: bool,
     set_cookies: &[String],
 ) -> ExitCode {
@@ -561,7 +561,7 @@ fn explain(
         eprintln!("{host}: no registry file names this host (the proxy answers 421)");
         return ExitCode::from(1);
     };
-    match consent_gateway::explain::explain(
+    match consent_gateway::cli::explain::explain(
         policy,
         cookie,
         gpc,
@@ -589,12 +589,18 @@ fn explain(
                 );
             }
             if purge {
-                let exchange = consent_gateway::filter::Exchange {
+                let exchange = consent_gateway::policy::filter::Exchange {
                     url: url.clone(),
                     now: consent_gateway::unix_now(),
                     max_purge_headers: limits.max_purge_headers,
                 };
-                match consent_gateway::explain::purge(policy, cookie, gpc, &exchange, set_cookies) {
+                match consent_gateway::cli::explain::purge(
+                    policy,
+                    cookie,
+                    gpc,
+                    &exchange,
+                    set_cookies,
+                ) {
                     Ok((deletions, capped)) => {
                         for d in deletions {
                             println!("{:<10} {}", "purge", d.header);

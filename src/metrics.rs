@@ -256,15 +256,16 @@ impl Metrics {
         }
     }
 
-    /// Sets `consent_gateway_tls_cert_not_after` to exactly the certificates serving.
-    pub fn set_certs(&self, certs: &[crate::tls::LoadedCert]) {
+    /// Sets `consent_gateway_tls_cert_not_after` to exactly the certificates serving: each one's
+    /// name (the file stem) and `notAfter` (Unix seconds).
+    pub fn set_certs<'a>(&self, certs: impl IntoIterator<Item = (&'a str, i64)>) {
         self.tls_cert_not_after.clear();
-        for c in certs {
+        for (name, not_after) in certs {
             self.tls_cert_not_after
                 .get_or_create(&HostLabel {
-                    host: c.name.clone(),
+                    host: name.to_owned(),
                 })
-                .set(c.not_after);
+                .set(not_after);
         }
     }
 

@@ -505,7 +505,10 @@ async fn reloads_are_recorded_with_generation_digest_and_result() {
     // error; the last good registry keeps serving.
     let result = gw.reload().await;
     assert!(
-        matches!(result, consent_gateway::reload::ReloadResult::Error(_)),
+        matches!(
+            result,
+            consent_gateway::control::live::ReloadResult::Error(_)
+        ),
         "{result:?}"
     );
     gw.audit().unwrap().flush().await;

@@ -331,7 +331,7 @@ fn is_analytics(name: &str) -> bool {
 fn consent_banner_accept_then_withdraw_in_chromium() {
     let deadline = Instant::now() + BUDGET;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let demo = rt.block_on(consent_gateway::demo::start(0)).unwrap();
+    let demo = rt.block_on(consent_gateway::cli::demo::start(0)).unwrap();
     // The demo's front address: it forwards to the gateway and records what the gateway sent.
     let url = format!("http://{}/", demo.open);
     let shots = screenshot_dir();
@@ -381,7 +381,7 @@ fn consent_banner_accept_then_withdraw_in_chromium() {
             "_ga_DEMO123",
             "_pk_id.1.1fff",
         ])
-        .chain(&[consent_gateway::demo::JS_COOKIE])
+        .chain(&[consent_gateway::cli::demo::JS_COOKIE])
     {
         assert!(
             held.contains(&(*n).to_owned()),
@@ -398,7 +398,7 @@ fn consent_banner_accept_then_withdraw_in_chromium() {
         panel
             .as_str()
             .unwrap()
-            .contains(consent_gateway::demo::JS_COOKIE),
+            .contains(consent_gateway::cli::demo::JS_COOKIE),
         "{panel}"
     );
     // The demo page, side by side: the portal's analytics lines reached the browser.
@@ -439,7 +439,7 @@ fn consent_banner_accept_then_withdraw_in_chromium() {
         "_ga_DEMO123",
         "_pk_id.1.1fff",
         "_pk_ses.1.1fff",
-        consent_gateway::demo::JS_COOKIE,
+        consent_gateway::cli::demo::JS_COOKIE,
     ] {
         assert!(
             received.iter().any(|(name, del)| name == n && *del),

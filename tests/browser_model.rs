@@ -9,8 +9,8 @@ use std::net::IpAddr;
 
 use proptest::prelude::*;
 
-use consent_gateway::jar::{would_hold, RequestUrl};
-use consent_gateway::set_cookie::SetCookie;
+use consent_gateway::policy::jar::{would_hold, RequestUrl};
+use consent_gateway::policy::set_cookie::SetCookie;
 
 const NOW: i64 = 1_779_000_000;
 

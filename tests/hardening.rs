@@ -716,7 +716,7 @@ async fn connections_over_max_connections_get_503_and_the_others_are_served() {
 #[tokio::test]
 async fn a_keep_alive_connection_serves_at_most_1000_requests() {
     let (_gw, addr, rec) = portal_gateway("").await;
-    let max = consent_gateway::server::MAX_REQUESTS_PER_CONNECTION;
+    let max = consent_gateway::edge::server::MAX_REQUESTS_PER_CONNECTION;
     let s = TcpStream::connect(addr).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
     let reader = tokio::spawn(async move {

@@ -59,7 +59,7 @@ async fn over_the_admin_limit_only_probes_are_served() {
     let gw = gateway("", &[("portal.toml", portal_toml(origin, ""))]).await;
     let admin_addr = gw.admin_addr.unwrap();
     let mut hogs = Vec::new();
-    for _ in 0..consent_gateway::admin::MAX_CONNECTIONS {
+    for _ in 0..consent_gateway::control::admin::MAX_CONNECTIONS {
         hogs.push(TcpStream::connect(admin_addr).await.unwrap());
     }
     // The hogs hold every full slot once accepted: a probe afterwards is in the lane.

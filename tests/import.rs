@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
+use consent_gateway::cli::import::{import, Imported};
 use consent_gateway::config::compile_registry;
-use consent_gateway::import::{import, Imported};
-use consent_gateway::policy_page::escape;
+use consent_gateway::policy::page::escape;
 use serde_json::Value;
 
 /// The policy pages of the five shipped portals, owned by the repository.
@@ -437,7 +437,7 @@ fn shipped(name: &str) -> (PathBuf, String) {
 
 #[test]
 fn merge_adds_the_missing_cookies_and_keeps_every_existing_decision() {
-    use consent_gateway::import::merge;
+    use consent_gateway::cli::import::merge;
     let (path, existing) = shipped("dashboard-paris.toml");
     let before = consent_gateway::config::parse_host_file(&path, &existing).unwrap();
     let m = merge(
@@ -499,7 +499,7 @@ fn merge_adds_the_missing_cookies_and_keeps_every_existing_decision() {
 /// byte (no section header for sections whose cookies are all there).
 #[test]
 fn merge_of_the_portals_own_page_changes_nothing() {
-    use consent_gateway::import::merge;
+    use consent_gateway::cli::import::merge;
     for (path, host, text) in pages() {
         let file = format!("{}.toml", host.split('.').next().unwrap());
         let file = if host == "dashboard.paris" {

@@ -11,8 +11,8 @@ use std::process::Command;
 
 use common::*;
 use consent_gateway::config::load;
+use consent_gateway::control::live::ReloadResult;
 use consent_gateway::gateway::Gateway;
-use consent_gateway::reload::ReloadResult;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_consent-gateway");

@@ -265,7 +265,7 @@ async fn stalled_http2_streams_cost_little_memory() {
     let mut deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for h in heads
         .iter_mut()
-        .take(consent_gateway::server::H2_MAX_STREAMS as usize)
+        .take(consent_gateway::edge::server::H2_MAX_STREAMS as usize)
     {
         let got = tokio::time::timeout_at(deadline, h).await;
         if answered == 0 {

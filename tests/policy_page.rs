@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use consent_gateway::config::load;
+use consent_gateway::control::live::ReloadResult;
 use consent_gateway::gateway::Gateway;
-use consent_gateway::reload::ReloadResult;
 use serde_json::Value;
 
 fn body(r: &Raw) -> String {

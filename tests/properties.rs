@@ -14,21 +14,21 @@ use http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 
+use consent_gateway::cli::explain::{explain, request_consent};
 use consent_gateway::config::parse_host_file;
-use consent_gateway::consent::{Consent, Format, Granted, Source};
-use consent_gateway::explain::{explain, request_consent};
-use consent_gateway::filter::{filter_set_cookies, Summary};
-use consent_gateway::policy::Verdict;
-use consent_gateway::registry::{HostPolicy, Mode};
-use consent_gateway::request_cookies::pairs;
-use consent_gateway::set_cookie::{parse_cookie_date, SetCookie};
+use consent_gateway::policy::consent::{Consent, Format, Granted, Source};
+use consent_gateway::policy::decide::Verdict;
+use consent_gateway::policy::filter::{filter_set_cookies, Summary};
+use consent_gateway::policy::registry::{HostPolicy, Mode};
+use consent_gateway::policy::request_cookies::pairs;
+use consent_gateway::policy::set_cookie::{parse_cookie_date, SetCookie};
 
 /// 2026-05-17, as in the unit tests.
 const NOW: i64 = 1_779_000_000;
 
 /// The URL the responses answer: `http://portal.test/`.
-fn test_url() -> consent_gateway::jar::RequestUrl<'static> {
-    consent_gateway::jar::RequestUrl::new("portal.test", "/", false)
+fn test_url() -> consent_gateway::policy::jar::RequestUrl<'static> {
+    consent_gateway::policy::jar::RequestUrl::new("portal.test", "/", false)
 }
 
 // ---------------------------------------------------------------------------------------------

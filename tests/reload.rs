@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use consent_gateway::config::load;
+use consent_gateway::control::live::ReloadResult;
 use consent_gateway::gateway::Gateway;
-use consent_gateway::reload::ReloadResult;
 
 /// A gateway serving a registry directory on disk, with the watcher on.
 struct Disk {

@@ -2,7 +2,7 @@
 //! pure function of the value (the same bytes grant the same keys twice).
 #![no_main]
 
-use consent_gateway::consent::{ConsentSpec, Format, Source};
+use consent_gateway::policy::consent::{ConsentSpec, Format, Source};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|value: &[u8]| {

@@ -2,7 +2,7 @@
 //! the header, and there are never more pairs than `;`-separated parts.
 #![no_main]
 
-use consent_gateway::request_cookies::pairs;
+use consent_gateway::policy::request_cookies::pairs;
 use libfuzzer_sys::fuzz_target;
 
 fn within(outer: &[u8], inner: &[u8]) -> bool {

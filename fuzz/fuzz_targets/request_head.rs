@@ -2,7 +2,7 @@
 //! verdicts do not depend on how the bytes were split into reads (whole, halves, one by one).
 #![no_main]
 
-use consent_gateway::hardening::{HeadScanner, HeadVerdict};
+use consent_gateway::edge::scanner::{HeadScanner, HeadVerdict};
 use libfuzzer_sys::fuzz_target;
 
 fn verdicts<'a>(reads: impl Iterator<Item = &'a [u8]>) -> Vec<HeadVerdict> {

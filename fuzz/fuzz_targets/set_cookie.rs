@@ -2,7 +2,7 @@
 //! reads are slices of the header itself (nothing invented, nothing copied).
 #![no_main]
 
-use consent_gateway::set_cookie::{parse_cookie_date, SetCookie};
+use consent_gateway::policy::set_cookie::{parse_cookie_date, SetCookie};
 use libfuzzer_sys::fuzz_target;
 
 /// 2024-06-10T06:13:20Z, so that `Expires` dates land on both sides of "now".

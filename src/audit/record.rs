@@ -15,8 +15,8 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::consent::{Consent, ConsentSpec, Source};
-use crate::request_cookies::all_pairs;
+use crate::policy::consent::{Consent, ConsentSpec, Source};
+use crate::policy::request_cookies::all_pairs;
 
 /// The `audit` field of every record: the format's version, and what tells an audit line apart
 /// from the access log when both go to one stream.
@@ -154,7 +154,7 @@ impl ConsentFacts {
         effective: &Consent,
     ) -> Self {
         let mut pairs = all_pairs(cookie_headers).filter(|p| spec.is_consent_cookie(p.name));
-        let digest = if spec.format == crate::consent::Format::Complianz {
+        let digest = if spec.format == crate::policy::consent::Format::Complianz {
             let mut joined: Vec<u8> = Vec::new();
             for p in pairs {
                 if !joined.is_empty() {
@@ -431,12 +431,12 @@ mod tests {
 
     #[test]
     fn consent_digest_is_of_the_first_consent_cookie_value() {
-        use crate::consent::Format;
+        use crate::policy::consent::Format;
         let spec = ConsentSpec::new("cookies_preferences", Format::Json);
         let h = [http::HeaderValue::from_static(
             "a=1; cookies_preferences=%7B%22ga%22%3Atrue%7D; cookies_preferences=x",
         )];
-        let consent = crate::consent::from_request_headers(&spec, &{
+        let consent = crate::policy::consent::from_request_headers(&spec, &{
             let mut m = http::HeaderMap::new();
             m.insert(http::header::COOKIE, h[0].clone());
             m
@@ -457,7 +457,7 @@ mod tests {
 
     #[test]
     fn complianz_digest_covers_every_category_cookie() {
-        use crate::consent::Format;
+        use crate::policy::consent::Format;
         let spec = ConsentSpec::new("cmplz_", Format::Complianz);
         let h = [http::HeaderValue::from_static(
             "cmplz_statistics=allow; x=1; cmplz_marketing=deny",

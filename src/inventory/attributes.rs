@@ -4,8 +4,8 @@
 //! valid occurrence of an attribute wins, an attribute whose value does not parse is ignored.
 //! The value of the cookie is never looked at.
 
-use crate::request_cookies::trim;
-use crate::set_cookie::parse_cookie_date;
+use crate::policy::request_cookies::trim;
+use crate::policy::set_cookie::parse_cookie_date;
 
 /// The name and attributes of one `Set-Cookie` header value.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -87,7 +87,7 @@ pub fn read_attributes<'a>(name: &'a [u8], attrs: &'a [u8], now: i64) -> Attribu
 }
 
 /// The cookie names of one `Cookie` header value, in order, exactly as
-/// [`crate::request_cookies::pairs`] reads them, without looking at the values: the `;` that
+/// [`crate::policy::request_cookies::pairs`] reads them, without looking at the values: the `;` that
 /// ends a value (a consent cookie's is often 100 bytes and more) is found eight bytes at a time.
 pub fn cookie_names(header: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = Some(header);
@@ -188,7 +188,7 @@ mod tests {
         );
         assert_eq!(a.lifetime, Some(120));
         let a = read(b"a=1; Expires=Mon, 18 May 2026 00:00:00 GMT", NOW);
-        let expected = crate::set_cookie::days_from_civil(2026, 5, 18) * 86_400 - NOW;
+        let expected = crate::policy::set_cookie::days_from_civil(2026, 5, 18) * 86_400 - NOW;
         assert_eq!(a.lifetime, Some(expected));
         assert_eq!(read(b"a=; Max-Age=0", NOW).lifetime, Some(0));
         assert_eq!(read(b"a=; Max-Age=-5", NOW).lifetime, Some(-5));
@@ -204,7 +204,7 @@ mod tests {
         #[test]
         fn any_header_reads_without_panic(h in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             let a = read(&h, NOW);
-            proptest::prop_assert_eq!(a.name, crate::set_cookie::SetCookie::parse(&h, NOW).name);
+            proptest::prop_assert_eq!(a.name, crate::policy::set_cookie::SetCookie::parse(&h, NOW).name);
             for v in [a.domain, a.path, a.samesite].into_iter().flatten() {
                 proptest::prop_assert!(h.windows(v.len().max(1)).any(|w| w == v) || v.is_empty());
             }
@@ -227,7 +227,7 @@ mod tests {
                 0..100,
             )
         ) {
-            let want: Vec<&[u8]> = crate::request_cookies::pairs(&h).map(|p| p.name).collect();
+            let want: Vec<&[u8]> = crate::policy::request_cookies::pairs(&h).map(|p| p.name).collect();
             let got: Vec<&[u8]> = cookie_names(&h).collect();
             proptest::prop_assert_eq!(got, want);
         }
@@ -266,7 +266,7 @@ mod tests {
         ] {
             assert_eq!(
                 read(h.as_bytes(), NOW).name,
-                crate::set_cookie::SetCookie::parse(h.as_bytes(), NOW).name,
+                crate::policy::set_cookie::SetCookie::parse(h.as_bytes(), NOW).name,
                 "{h:?}"
             );
         }

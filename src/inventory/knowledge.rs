@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::registry::HostPolicy;
+use crate::policy::registry::HostPolicy;
 
 /// The generated table, compiled in.
 const BUNDLED: &str = include_str!("../../data/knowledge-base.tsv");
@@ -267,7 +267,7 @@ broken line\n";
         assert!(
             kb.entries
                 .iter()
-                .all(|e| e.category != crate::registry::NECESSARY),
+                .all(|e| e.category != crate::policy::registry::NECESSARY),
             "the knowledge base never suggests necessary"
         );
         assert!(kb

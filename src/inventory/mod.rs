@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::InventoryConfig;
 use crate::metrics::{HostLabel, Metrics};
-use crate::policy::Verdict;
-use crate::registry::{CookieMatcher, HostPolicy, Registry};
+use crate::policy::decide::Verdict;
+use crate::policy::registry::{CookieMatcher, HostPolicy, Registry};
 use knowledge::Suggestion;
 
 /// Longest cookie name recorded; a longer one is counted in `overflow`.
@@ -767,7 +767,7 @@ impl CookieView {
             seen_in.push("request".to_owned());
         }
         let at = |t: i64| {
-            crate::reload::rfc3339(
+            crate::rfc3339(
                 std::time::UNIX_EPOCH
                     + std::time::Duration::from_secs(u64::try_from(t).unwrap_or(0)),
             )
@@ -783,7 +783,7 @@ impl CookieView {
             }),
             category: match entry {
                 Some(e) => Some(e.category.clone()),
-                None if consent_cookie => Some(crate::registry::NECESSARY.to_owned()),
+                None if consent_cookie => Some(crate::policy::registry::NECESSARY.to_owned()),
                 None => None,
             },
             seen_in,

@@ -4,7 +4,7 @@
 //! with a CSP that allows only the inline style).
 
 use super::{CookieView, HostInventory};
-use crate::policy_page::escape;
+use crate::policy::page::escape;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;line-height:1.5;margin:0;color:#1a1a1a;background:#fff}\
 main{max-width:90rem;margin:0 auto;padding:1rem 1.5rem 3rem}\
@@ -106,7 +106,7 @@ fn seen(c: &CookieView) -> String {
 
 /// Highlighted when it went out before consent and is not a necessary cookie (those need none).
 fn before_consent(c: &CookieView) -> String {
-    let necessary = c.category.as_deref() == Some(crate::registry::NECESSARY);
+    let necessary = c.category.as_deref() == Some(crate::policy::registry::NECESSARY);
     if c.before_consent > 0 && !necessary {
         format!("<td class=\"early\">{}</td>", c.before_consent)
     } else {

@@ -1,0 +1,103 @@
+//! What every consent decoder shares: the [`Granted`] set it returns, the limits that bound its
+//! work, and how a cookie value is unquoted and percent-decoded before it is read.
+
+use std::borrow::Cow;
+
+/// A consent cookie value longer than this (in bytes, as sent) grants nothing (SPEC, Consent).
+pub const MAX_VALUE_BYTES: usize = 8192;
+
+/// A consent value holding more keys than this (members, items, groups or pairs, counted as
+/// written, duplicates included; for Complianz, prefixed cookies) grants nothing (SPEC, Consent).
+/// Every decoder stops reading once past it, so a hostile value costs no more than a valid one.
+pub const MAX_KEYS: usize = 1024;
+
+/// The consent keys a visitor granted. Invariant: sorted and without duplicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Granted {
+    keys: Vec<Box<str>>,
+}
+
+impl Granted {
+    /// Grants nothing.
+    pub fn none() -> Self {
+        Granted::default()
+    }
+
+    pub fn from_keys<I, S>(keys: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Box<str>>,
+    {
+        let mut keys: Vec<Box<str>> = keys.into_iter().map(Into::into).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        Granted { keys }
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.keys.binary_search_by(|k| (**k).cmp(key)).is_ok()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| &**k)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// A cookie value as the decoders read it: trimmed of ASCII whitespace and, when wrapped in
+/// double quotes (an RFC 6265 quoted cookie-value), unwrapped.
+pub(crate) fn unquote(value: &[u8]) -> &[u8] {
+    match value.trim_ascii() {
+        [b'"', inner @ .., b'"'] => inner,
+        v => v,
+    }
+}
+
+/// The value with its `%XX` escapes decoded (an invalid escape stays as is); borrowed when there
+/// is nothing to decode.
+///
+/// Same result as `percent_encoding::percent_decode`, but copies the runs between escapes in
+/// slices instead of byte by byte: it runs on every request's consent cookie.
+pub(crate) fn percent_decoded(value: &[u8]) -> Cow<'_, [u8]> {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let Some(first) = value.iter().position(|&b| b == b'%') else {
+        return Cow::Borrowed(value);
+    };
+    let mut out = Vec::with_capacity(value.len());
+    out.extend_from_slice(&value[..first]);
+    let mut rest = &value[first..];
+    let mut changed = false;
+    while let Some(at) = rest.iter().position(|&b| b == b'%') {
+        out.extend_from_slice(&rest[..at]);
+        let escape = match rest.get(at + 1..at + 3) {
+            Some(&[h, l]) => hex(h).zip(hex(l)),
+            _ => None,
+        };
+        match escape {
+            Some((h, l)) => {
+                out.push(h << 4 | l);
+                changed = true;
+                rest = &rest[at + 3..];
+            }
+            None => {
+                out.push(b'%');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    if !changed {
+        return Cow::Borrowed(value);
+    }
+    out.extend_from_slice(rest);
+    Cow::Owned(out)
+}

@@ -1,0 +1,360 @@
+//! Upstream clients: [`Upstreams`] hands out pooled clients, one per (trust, SNI name), trusting
+//! the platform's roots unless the host names its own `upstream_ca` (read at registry load, keyed
+//! by the digest of its bytes, so a reload with a new bundle gets a new client). An
+//! [`UpstreamClient`] bounds the upstream's response head, skips header lines that do not parse,
+//! and retries a bodiless idempotent request once when the upstream closed a kept-alive
+//! connection under it.
+
+use crate::config::Limits;
+use crate::policy::registry::HostPolicy;
+use crate::proxy::body::UpstreamBody;
+use bytes::Bytes;
+use http::{header, Method, Request, Response};
+use http_body_util::{Either, Empty};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::crypto::ring as provider;
+use rustls_pki_types::ServerName;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Largest upstream response head accepted (status line and headers; `max_header_bytes` when
+/// that is larger), beyond which the response is a 502 logged as `upstream response head too
+/// large`; past 100 headers too. hyper-util's client has no head-size option: this is hyper's
+/// read buffer cap (`http1_max_buf_size`), checked between reads, so a head may pass with one
+/// read of slack (up to twice the cap) and the client never reads more than the cap at once.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// The body sent upstream: the client's, or none for a request sent (and perhaps resent) without
+/// one.
+type SentBody = Either<UpstreamBody, Empty<Bytes>>;
+
+/// A pooled client to upstreams, plain or TLS.
+///
+/// hyper-util already resends a request that a pooled connection refused before any byte of it
+/// was written (`retry_canceled_requests`). An upstream can also close an idle kept-alive
+/// connection while our request is on its way: the request is written, then the connection ends
+/// without a response byte. A request with an idempotent method (RFC 9110 §9.2.2) and no body
+/// is then sent once more; any other request (every POST, every request with a body) is not,
+/// since the upstream may have acted on it.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    inner: Client<HttpsConnector<CappedConnector>, SentBody>,
+}
+
+impl UpstreamClient {
+    /// Sends one request and returns the upstream response head.
+    pub async fn request(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        use hyper::body::Body as _;
+        let replayable = is_idempotent(req.method()) && req.body().is_end_stream();
+        let (parts, body) = req.into_parts();
+        if !replayable {
+            let sent = self
+                .inner
+                .request(Request::from_parts(parts, Either::Left(body)))
+                .await;
+            return sent.map(without_conflicting_length);
+        }
+        drop(body);
+        let again = {
+            let mut b = Request::builder()
+                .method(parts.method.clone())
+                .uri(parts.uri.clone())
+                .version(parts.version);
+            if let Some(h) = b.headers_mut() {
+                h.clone_from(&parts.headers);
+            }
+            b.body(Either::Right(Empty::new()))
+        };
+        let first = self
+            .inner
+            .request(Request::from_parts(parts, Either::Right(Empty::new())))
+            .await;
+        let resp = match (first, again) {
+            (Err(e), Ok(again)) if closed_before_answering(&e) => {
+                tracing::info!(
+                    upstream = %again.uri().authority().map_or("", |a| a.as_str()),
+                    method = %again.method(),
+                    "upstream closed the connection before answering: sending the request once more"
+                );
+                self.inner.request(again).await
+            }
+            (first, _) => first,
+        };
+        resp.map(without_conflicting_length)
+    }
+}
+
+/// Methods a client may send again without changing what the first one did (RFC 9110 §9.2.2).
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether the upstream ended the connection without a byte of response (EOF or reset) — what
+/// a stale kept-alive connection looks like. Not a connect failure, not a timeout.
+fn closed_before_answering(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+            if h.is_timeout() || h.is_parse() || h.is_user() {
+                return false;
+            }
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// An upstream response with both `Transfer-Encoding` and `Content-Length` was read as chunked;
+/// its `Content-Length` must not reach the client (RFC 9112 §6.3).
+fn without_conflicting_length<B>(mut resp: Response<B>) -> Response<B> {
+    if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    resp
+}
+
+/// Largest single read from an upstream connection. hyper's client reads as much as its read
+/// buffer holds (growing it up to [`MAX_RESPONSE_HEAD`] on a fast body) and hands each read on
+/// as one body frame, which keeps its whole allocation alive while a stalled client has not
+/// taken it; a stalled response holds about four such buffers. Reads of at most 4 KiB (a page,
+/// nginx's default `proxy_buffer_size`) keep that small: measured, a client that stops reading
+/// a large response costs 47 KiB of resident memory (95 KiB with 16 KiB reads, 190 KiB
+/// before). A response head still accumulates over several reads up to its own limit.
+pub const UPSTREAM_READ_CHUNK: usize = 4 * 1024;
+
+/// The plain TCP connector with reads capped at [`UPSTREAM_READ_CHUNK`] (TLS sits above it).
+#[derive(Clone)]
+pub struct CappedConnector(HttpConnector);
+
+type ConnectFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<TokioIo<CappedTcp>, BoxError>> + Send>,
+>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Uri> for CappedConnector {
+    type Response = TokioIo<CappedTcp>;
+    type Error = BoxError;
+    type Future = ConnectFuture;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let io = connecting.await?;
+            Ok(TokioIo::new(CappedTcp(io.into_inner())))
+        })
+    }
+}
+
+/// A TCP stream whose reads return at most [`UPSTREAM_READ_CHUNK`] bytes.
+pub struct CappedTcp(tokio::net::TcpStream);
+
+impl hyper_util::client::legacy::connect::Connection for CappedTcp {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.0.connected()
+    }
+}
+
+impl tokio::io::AsyncRead for CappedTcp {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if buf.remaining() <= UPSTREAM_READ_CHUNK {
+            return std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        }
+        let mut part = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(UPSTREAM_READ_CHUNK));
+        std::task::ready!(std::pin::Pin::new(&mut self.0).poll_read(cx, &mut part))?;
+        let n = part.filled().len();
+        buf.advance(n);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedTcp {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        b: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, b)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Why an upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamTlsError {
+    #[error("TLS client configuration: {0}")]
+    Config(String),
+    #[error("upstream_host {0:?} is not a valid TLS server name")]
+    ServerName(String),
+}
+
+/// Clients by trust and SNI name ([`HostPolicy::upstream_client_key`]), built on first use and
+/// pooled from then on. The CA bundle was read and parsed when the registry was compiled: nothing
+/// here touches the filesystem. A reload that changes a bundle changes the key, so the host gets
+/// a new client (and new connections) on its next request.
+pub struct Upstreams {
+    limits: Limits,
+    /// The platform's trusted roots, read once.
+    platform_roots: Arc<rustls::RootCertStore>,
+    clients: Mutex<HashMap<[u8; 32], Arc<UpstreamClient>>>,
+    /// The client of every plain-http upstream (no CA, no SNI): found without a lock.
+    plain: std::sync::OnceLock<Arc<UpstreamClient>>,
+}
+
+impl Upstreams {
+    pub fn new(limits: Limits) -> Self {
+        let native = rustls_native_certs::load_native_certs();
+        let mut roots = rustls::RootCertStore::empty();
+        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+        if added == 0 {
+            tracing::warn!("no platform CA certificates found: https upstreams need upstream_ca");
+        }
+        Upstreams::with_roots(limits, Arc::new(roots))
+    }
+
+    fn with_roots(limits: Limits, platform_roots: Arc<rustls::RootCertStore>) -> Self {
+        Upstreams {
+            limits,
+            platform_roots,
+            clients: Mutex::new(HashMap::new()),
+            plain: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Clients of their own (their own connection pools) with the same limits and trusted roots:
+    /// one per proxy worker, so that a pooled connection stays on the thread that uses it.
+    pub fn sibling(&self) -> Upstreams {
+        Upstreams::with_roots(self.limits.clone(), Arc::clone(&self.platform_roots))
+    }
+
+    /// The client for a host's upstream. No allocation once the client exists.
+    pub fn client_for(&self, policy: &HostPolicy) -> Result<Arc<UpstreamClient>, UpstreamTlsError> {
+        if !policy.upstream.is_tls() {
+            if let Some(c) = self.plain.get() {
+                return Ok(Arc::clone(c));
+            }
+            let built = Arc::new(self.build(None, None)?);
+            return Ok(Arc::clone(self.plain.get_or_init(|| built)));
+        }
+        let key = &policy.upstream_client_key;
+        if let Some(c) = self.clients.lock().ok().and_then(|m| m.get(key).cloned()) {
+            return Ok(c);
+        }
+        let client = Arc::new(self.build(
+            policy.upstream_ca.as_ref().map(|t| Arc::clone(&t.roots)),
+            policy.upstream_sni.as_deref(),
+        )?);
+        if let Ok(mut m) = self.clients.lock() {
+            m.insert(*key, Arc::clone(&client));
+        }
+        Ok(client)
+    }
+
+    fn build(
+        &self,
+        ca: Option<Arc<rustls::RootCertStore>>,
+        sni: Option<&str>,
+    ) -> Result<UpstreamClient, UpstreamTlsError> {
+        let roots = ca.unwrap_or_else(|| Arc::clone(&self.platform_roots));
+        let tls =
+            rustls::ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(|e| UpstreamTlsError::Config(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(self.limits.upstream_connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let builder = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let builder = match sni {
+            Some(name) => {
+                let sn = ServerName::try_from(name.to_owned())
+                    .map_err(|_| UpstreamTlsError::ServerName(name.to_owned()))?;
+                builder.with_server_name_resolver(FixedServerNameResolver::new(sn))
+            }
+            None => builder,
+        };
+        let connector = builder
+            .enable_all_versions()
+            .wrap_connector(CappedConnector(http));
+        let max_head = MAX_RESPONSE_HEAD.max(self.limits.max_header_bytes);
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(self.limits.idle_timeout)
+            .pool_max_idle_per_host(512)
+            // A pooled connection found closed before the request was written: resend.
+            .retry_canceled_requests(true)
+            // Response head limits. The header count stays hyper's default, 100 (setting it
+            // moves the parser's header array to the heap).
+            .http1_max_buf_size(max_head)
+            .http2_max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+            // A header line that does not parse (a NUL or bare CR in a Set-Cookie, a space in
+            // a name, obs-fold) is skipped rather than failing the whole response with a 502:
+            // the cookie is not forwarded, the page still is.
+            .http1_ignore_invalid_headers_in_responses(true)
+            .build(connector);
+        Ok(UpstreamClient { inner })
+    }
+}
