@@ -2,7 +2,8 @@
 //! verdicts do not depend on how the bytes were split into reads (whole, halves, one by one).
 #![no_main]
 
-use consent_gateway::edge::scanner::{HeadScanner, HeadVerdict};
+use consent_gateway::edge::scanner::HeadScanner;
+use consent_gateway::proxy::checks::HeadVerdict;
 use libfuzzer_sys::fuzz_target;
 
 fn verdicts<'a>(reads: impl Iterator<Item = &'a [u8]>) -> Vec<HeadVerdict> {
