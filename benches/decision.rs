@@ -24,7 +24,7 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
-use consent_gateway::cli::explain::request_consent;
+use consent_gateway::policy::consent::from_request_headers;
 use consent_gateway::policy::consent::{ConsentSpec, Format};
 use consent_gateway::policy::decide::decide;
 use consent_gateway::policy::filter::filter_set_cookies;
@@ -244,7 +244,7 @@ fn bench(c: &mut Criterion) {
         let mut h = response.clone();
         let s = filter_set_cookies(
             &policy,
-            &request_consent(&policy, req),
+            &from_request_headers(&policy.consent, req),
             &mut h,
             now,
             &url,
@@ -260,7 +260,7 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|s| SetCookie::parse(s.as_bytes(), now))
         .collect();
-    let consent = request_consent(&policy, &refused);
+    let consent = from_request_headers(&policy.consent, &refused);
     g.bench_function("decide_7", |b| {
         b.iter(|| {
             for sc in &parsed {
@@ -281,7 +281,7 @@ fn bench(c: &mut Criterion) {
             b.iter_batched_ref(
                 || response.clone(),
                 |headers| {
-                    let consent = request_consent(&policy, black_box(req));
+                    let consent = from_request_headers(&policy.consent, black_box(req));
                     black_box(filter_set_cookies(
                         &policy,
                         &consent,

@@ -14,8 +14,9 @@ use http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 
-use consent_gateway::cli::explain::{explain, request_consent};
+use consent_gateway::cli::explain::explain;
 use consent_gateway::config::parse_host_file;
+use consent_gateway::policy::consent::from_request_headers;
 use consent_gateway::policy::consent::{Consent, Format, Granted, Source};
 use consent_gateway::policy::decide::Verdict;
 use consent_gateway::policy::filter::{filter_set_cookies, Summary};
@@ -536,7 +537,7 @@ proptest! {
         if gpc {
             req.insert("sec-gpc", HeaderValue::from_static("1"));
         }
-        let c = request_consent(&p, &req);
+        let c = from_request_headers(&p.consent, &req);
         let mut resp = HeaderMap::new();
         for t in &texts {
             resp.append(SET_COOKIE, HeaderValue::from_str(t).unwrap());

@@ -8,19 +8,10 @@
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
-use crate::policy::consent::Consent;
+use crate::policy::consent::{from_request_headers, Consent};
 use crate::policy::filter::{filter_set_cookies, response_consent};
 use crate::policy::jar::RequestUrl;
 use crate::policy::registry::HostPolicy;
-
-/// The consent a request carries for a host: its `Cookie` header(s) and `Sec-GPC`.
-pub fn request_consent(policy: &HostPolicy, headers: &HeaderMap) -> Consent {
-    let gpc = crate::policy::consent::gpc_requested(headers.get_all("sec-gpc"));
-    policy.consent.from_request(
-        crate::policy::request_cookies::all_pairs(headers.get_all(COOKIE)),
-        gpc,
-    )
-}
 
 /// One explained `Set-Cookie`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +33,7 @@ pub fn explain(
     now: i64,
 ) -> Result<(Consent, Vec<Line>), String> {
     let (req, mut resp) = exchange_headers(cookie, gpc, set_cookies)?;
-    let consent = request_consent(policy, &req);
+    let consent = from_request_headers(&policy.consent, &req);
     let effective = response_consent(policy, &consent, &resp, now, url).into_owned();
     let mut lines = Vec::new();
     filter_set_cookies(policy, &consent, &mut resp, now, url, |sc, d| {
@@ -106,7 +97,7 @@ pub fn purge(
     set_cookies: &[String],
 ) -> Result<(Vec<Deletion>, bool), String> {
     let (mut req, mut resp) = exchange_headers(cookie, gpc, set_cookies)?;
-    let consent = request_consent(policy, &req);
+    let consent = from_request_headers(&policy.consent, &req);
     let side = crate::policy::filter::strip_request(policy, &consent, &mut req);
     let mut kept = 0;
     let (summary, _) = crate::policy::filter::filter_response(

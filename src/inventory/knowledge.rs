@@ -182,7 +182,7 @@ pub struct Suggestion {
 /// The suggestion for `name` on `policy`'s host: none when the host's registry lists the name
 /// (the registry always wins) or when it is the consent cookie; else the knowledge base's.
 pub fn suggest_for(kb: &KnowledgeBase<'_>, policy: &HostPolicy, name: &[u8]) -> Option<Suggestion> {
-    if policy.lookup(name).is_some() || policy.consent.is_consent_cookie(name) {
+    if crate::policy::decide::Known::of(policy, name).registered() {
         return None;
     }
     let (e, matched) = kb.lookup(name)?;

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::InventoryConfig;
 use crate::metrics::{HostLabel, Metrics};
-use crate::policy::decide::Verdict;
+use crate::policy::decide::{Known, Verdict};
 use crate::policy::registry::{CookieMatcher, HostPolicy, Registry};
 use knowledge::Suggestion;
 
@@ -626,7 +626,7 @@ impl Recorder<'_> {
 
 /// Logs the first sighting of an unregistered name in this process.
 fn first_sighting(inventory: &Inventory, policy: &HostPolicy, name: &[u8], seen: Order) {
-    if policy.lookup(name).is_some() || policy.consent.is_consent_cookie(name) {
+    if Known::of(policy, name).registered() {
         return;
     }
     let seen_in = match seen {
@@ -757,8 +757,7 @@ impl CookieView {
         policy: &HostPolicy,
         kb: Option<&knowledge::KnowledgeBase<'_>>,
     ) -> Self {
-        let entry = policy.lookup(name);
-        let consent_cookie = policy.consent.is_consent_cookie(name);
+        let known = Known::of(policy, name);
         let mut seen_in = Vec::new();
         if s.set_count > 0 {
             seen_in.push("set-cookie".to_owned());
@@ -775,17 +774,12 @@ impl CookieView {
         let strings = |v: &[Box<str>]| v.iter().map(ToString::to_string).collect();
         CookieView {
             name: String::from_utf8_lossy(name).into_owned(),
-            // The consent cookie is always necessary, listed or not.
-            registered: entry.is_some() || consent_cookie,
-            entry: entry.map(|e| match &e.matcher {
+            registered: known.registered(),
+            entry: known.entry.map(|e| match &e.matcher {
                 CookieMatcher::Name(n) => EntryView::Name(n.clone()),
                 CookieMatcher::Prefix(p) => EntryView::Prefix(p.clone()),
             }),
-            category: match entry {
-                Some(e) => Some(e.category.clone()),
-                None if consent_cookie => Some(crate::policy::registry::NECESSARY.to_owned()),
-                None => None,
-            },
+            category: known.category().map(str::to_owned),
             seen_in,
             set_count: s.set_count,
             request_count: s.request_count,

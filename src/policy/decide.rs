@@ -99,13 +99,60 @@ impl<'p> Decision<'p> {
     }
 }
 
+/// What the registry says about a cookie name before any consent: its entry, and whether it is
+/// the host's consent cookie (always necessary, listed or not). The first step of [`decide`],
+/// and what the inventory shows as a name's entry and category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known<'p> {
+    pub entry: Option<&'p CookieEntry>,
+    pub consent_cookie: bool,
+}
+
+impl<'p> Known<'p> {
+    /// Looks `name` up in `policy`'s registry entries and consent cookie.
+    pub fn of(policy: &'p HostPolicy, name: &[u8]) -> Self {
+        Known {
+            entry: policy.lookup(name),
+            consent_cookie: policy.consent.is_consent_cookie(name),
+        }
+    }
+
+    /// Listed, or the consent cookie.
+    pub fn registered(&self) -> bool {
+        self.entry.is_some() || self.consent_cookie
+    }
+
+    /// The entry's category, `necessary` for an unlisted consent cookie, `None` for a cookie the
+    /// registry does not know.
+    pub fn category(&self) -> Option<&'p str> {
+        match self.entry {
+            Some(e) => Some(&e.category),
+            None if self.consent_cookie => Some(crate::policy::registry::NECESSARY),
+            None => None,
+        }
+    }
+}
+
 /// Decides one `Set-Cookie` header.
 pub fn decide<'p>(policy: &'p HostPolicy, consent: &Consent, sc: &SetCookie<'_>) -> Decision<'p> {
-    let entry = policy.lookup(sc.name);
+    decide_cookie(policy, consent, sc.name, sc.is_deletion)
+}
+
+/// The one keep/drop decision, for a cookie of `policy`'s host named `name`: in a `Set-Cookie`
+/// header ([`decide`]; `is_deletion` as the header says), or sent by the browser in the request's
+/// `Cookie` header (`is_deletion` false: the request side's strip and purge). The response
+/// filter, the request side, `explain` and the inventory's verdicts all come from here.
+pub fn decide_cookie<'p>(
+    policy: &'p HostPolicy,
+    consent: &Consent,
+    name: &[u8],
+    is_deletion: bool,
+) -> Decision<'p> {
+    let known = Known::of(policy, name);
     let keep = |reason| Decision {
         verdict: Verdict::Keep,
         reason,
-        entry,
+        entry: known.entry,
     };
     let refuse = |reason| Decision {
         verdict: match policy.mode {
@@ -113,42 +160,29 @@ pub fn decide<'p>(policy: &'p HostPolicy, consent: &Consent, sc: &SetCookie<'_>)
             Mode::ReportOnly => Verdict::WouldDrop,
         },
         reason,
-        entry,
+        entry: known.entry,
     };
-    if policy.consent.is_consent_cookie(sc.name) {
+    if known.consent_cookie {
         return keep(Reason::ConsentCookie);
     }
-    if sc.is_deletion {
+    if is_deletion {
         return keep(Reason::Deletion);
     }
-    match entry {
-        None => match policy.unknown_cookies {
+    let Some(e) = known.entry else {
+        return match policy.unknown_cookies {
             UnknownCookies::Keep => keep(Reason::Unknown),
             UnknownCookies::Drop => refuse(Reason::Unknown),
-        },
-        Some(e) => judge_entry(e, consent).map_or_else(
-            || keep(Reason::Necessary),
-            |r| match r {
-                Reason::Granted => keep(Reason::Granted),
-                other => refuse(other),
-            },
-        ),
+        };
+    };
+    if e.necessary {
+        keep(Reason::Necessary)
+    } else if !e.consent.iter().any(|k| consent.granted.contains(k)) {
+        refuse(Reason::NotGranted)
+    } else if consent.gpc && e.refused_by_gpc {
+        refuse(Reason::Gpc)
+    } else {
+        keep(Reason::Granted)
     }
-}
-
-/// `None` for a necessary entry, else `Granted`, `Gpc` or `NotGranted`. Shared with the request
-/// side (strip and purge judge browser cookies by the same rule).
-pub fn judge_entry(entry: &CookieEntry, consent: &Consent) -> Option<Reason> {
-    if entry.necessary {
-        return None;
-    }
-    if !entry.consent.iter().any(|k| consent.granted.contains(k)) {
-        return Some(Reason::NotGranted);
-    }
-    if consent.gpc && entry.refused_by_gpc {
-        return Some(Reason::Gpc);
-    }
-    Some(Reason::Granted)
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use http::header::{COOKIE, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderValue};
 
 use crate::policy::consent::Consent;
-use crate::policy::decide::{decide, judge_entry, Decision, Reason, Verdict};
+use crate::policy::decide::{decide, decide_cookie, Decision, Reason, Verdict};
 use crate::policy::jar::{would_hold, RequestUrl};
-use crate::policy::registry::{CookieEntry, HostPolicy, Mode, UnknownCookies};
+use crate::policy::registry::{CookieEntry, HostPolicy, Mode};
 use crate::policy::request_cookies::all_pairs;
 use crate::policy::set_cookie::SetCookie;
 
@@ -221,33 +221,6 @@ pub struct RequestSide<'p> {
     pub candidates: Vec<Candidate<'p>>,
 }
 
-/// Whether a browser cookie may pass, and if not why.
-fn judge_request_cookie(policy: &HostPolicy, consent: &Consent, name: &[u8]) -> Result<(), Reason> {
-    judge_with_entry(policy, consent, name, policy.lookup(name))
-}
-
-/// [`judge_request_cookie`] with the registry entry already looked up.
-fn judge_with_entry(
-    policy: &HostPolicy,
-    consent: &Consent,
-    name: &[u8],
-    entry: Option<&CookieEntry>,
-) -> Result<(), Reason> {
-    if policy.consent.is_consent_cookie(name) {
-        return Ok(());
-    }
-    match entry {
-        None => match policy.unknown_cookies {
-            UnknownCookies::Keep => Ok(()),
-            UnknownCookies::Drop => Err(Reason::Unknown),
-        },
-        Some(e) => match judge_entry(e, consent) {
-            None | Some(Reason::Granted) => Ok(()),
-            Some(r) => Err(r),
-        },
-    }
-}
-
 /// Request side. With `strip_request_cookies` in enforce mode, removes the cookies consent does
 /// not allow from the `Cookie` header(s), writing the kept pairs back as one header; the consent
 /// cookie and necessary cookies always pass. Returns the count and the purge candidates.
@@ -262,30 +235,34 @@ pub fn strip_request<'p>(
     }
     // Candidate names seen, so that thousands of cookies cost one hash each, not a scan each.
     let mut candidate_names: foldhash::HashSet<&[u8]> = foldhash::HashSet::default();
-    // One pass to judge; the kept pairs are only rebuilt when something was refused.
-    for pair in all_pairs(headers.get_all(COOKIE)) {
-        let entry = policy.lookup(pair.name);
-        if judge_with_entry(policy, consent, pair.name, entry).is_err() {
+    // Where the refused pairs stand (in request order): the kept pairs are only rebuilt when
+    // something was refused, and each pair is judged once.
+    let mut refused: Vec<usize> = Vec::new();
+    for (i, pair) in all_pairs(headers.get_all(COOKIE)).enumerate() {
+        let d = decide_cookie(policy, consent, pair.name, false);
+        if d.verdict != Verdict::Keep {
             side.stripped += 1;
             side.stripped_names.push(pair.name.to_vec());
+            refused.push(i);
         }
-        let consent_cookie = policy.consent.is_consent_cookie(pair.name);
-        let candidate = match entry {
-            Some(e) => !e.necessary && !consent_cookie,
-            None => policy.purge_unknown && !pair.name.is_empty() && !consent_cookie,
+        let candidate = match d.entry {
+            _ if d.reason == Reason::ConsentCookie => false,
+            Some(e) => !e.necessary,
+            None => policy.purge_unknown && !pair.name.is_empty(),
         };
         if candidate && candidate_names.insert(pair.name) {
             side.candidates.push(Candidate {
                 name: pair.name.to_vec(),
-                entry,
+                entry: d.entry,
             });
         }
     }
-    let refused_any = side.stripped > 0;
+    let refused_any = !refused.is_empty();
     let mut kept: Vec<u8> = Vec::new();
     if refused_any {
-        for pair in all_pairs(headers.get_all(COOKIE)) {
-            if judge_request_cookie(policy, consent, pair.name).is_err() {
+        let mut refused = refused.into_iter().peekable();
+        for (i, pair) in all_pairs(headers.get_all(COOKIE)).enumerate() {
+            if refused.next_if_eq(&i).is_some() {
                 continue;
             }
             if !kept.is_empty() {
@@ -351,7 +328,7 @@ fn purge<'s>(
     let mut budget = exchange.max_purge_headers;
     let mut capped = false;
     for (c, set_here) in side.candidates.iter().zip(set_by_upstream) {
-        if *set_here || judge_request_cookie(policy, consent, &c.name).is_ok() {
+        if *set_here || decide_cookie(policy, consent, &c.name, false).verdict == Verdict::Keep {
             continue;
         }
         let mut values = deletions(&c.name, c.entry, &domains);
