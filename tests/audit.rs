@@ -480,19 +480,20 @@ async fn reloads_are_recorded_with_generation_digest_and_result() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
     let up = decisions_origin().await;
-    let gw = gateway(
+    let d = Disk::start_with(
         &audit_extra(&log, ""),
+        "watch = false\n",
         &[("portal.toml", portal_toml(up, ""))],
     )
     .await;
-    let next = consent_gateway::config::compile_registry(&[(
-        PathBuf::from("test/hosts/portal.toml"),
-        portal_toml(up, "purge = false"),
-    )])
-    .unwrap();
-    let digest = next.digest.clone();
-    gw.live.install(next);
-    gw.audit().unwrap().flush().await;
+    d.replace("portal.toml", &portal_toml(up, "purge = false"));
+    let result = d.gw.reload().await;
+    assert_eq!(
+        result,
+        consent_gateway::control::live::ReloadResult::Success(2)
+    );
+    let digest = d.gw.live.load().registry.digest.clone();
+    d.gw.audit().unwrap().flush().await;
     let recs = records(&log);
     assert_eq!(recs.len(), 1, "{recs:#?}");
     assert_eq!(recs[0]["kind"], "reload");
@@ -503,7 +504,8 @@ async fn reloads_are_recorded_with_generation_digest_and_result() {
 
     // A failed reload (here: the registry directory is not there) is recorded with its first
     // error; the last good registry keeps serving.
-    let result = gw.reload().await;
+    std::fs::remove_dir_all(d.hosts()).unwrap();
+    let result = d.gw.reload().await;
     assert!(
         matches!(
             result,
@@ -511,7 +513,7 @@ async fn reloads_are_recorded_with_generation_digest_and_result() {
         ),
         "{result:?}"
     );
-    gw.audit().unwrap().flush().await;
+    d.gw.audit().unwrap().flush().await;
     let recs = records(&log);
     assert_eq!(recs.len(), 2, "{recs:#?}");
     assert_eq!(recs[1]["kind"], "reload");
@@ -519,7 +521,10 @@ async fn reloads_are_recorded_with_generation_digest_and_result() {
     assert_eq!(recs[1]["generation"], 2);
     assert_eq!(recs[1]["registry_digest"], digest.as_str());
     assert!(
-        recs[1]["error"].as_str().unwrap().starts_with("test/hosts"),
+        recs[1]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with(d.hosts().to_str().unwrap()),
         "{}",
         recs[1]["error"]
     );

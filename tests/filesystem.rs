@@ -5,61 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::*;
-use consent_gateway::config::load;
 use consent_gateway::control::live::ReloadResult;
-use consent_gateway::gateway::Gateway;
 
 const BIN: &str = env!("CARGO_BIN_EXE_consent-gateway");
-
-struct Disk {
-    gw: Gateway,
-    dir: tempfile::TempDir,
-}
-
-impl Disk {
-    async fn start(text: &str) -> Disk {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("gateway.toml"),
-            "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[registry]\ndir = \"hosts\"\npoll_interval = \"1h\"\n",
-        )
-        .unwrap();
-        std::fs::create_dir(dir.path().join("hosts")).unwrap();
-        std::fs::write(dir.path().join("hosts/portal.toml"), text).unwrap();
-        let (cfg, registry) = load(&dir.path().join("gateway.toml")).unwrap();
-        let gw = Gateway::start(&cfg, registry).await.unwrap();
-        Disk { gw, dir }
-    }
-
-    fn hosts(&self) -> PathBuf {
-        self.dir.path().join("hosts")
-    }
-
-    async fn status(&self, host: &str) -> u16 {
-        get(self.gw.http_addr.unwrap(), host, "/", "").await.status
-    }
-
-    /// Waits until `host` answers `want` (the watcher at work), at most `within`.
-    async fn serves(&self, host: &str, want: u16, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let got = self.status(host).await;
-            if got == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{host}: {got}, want {want} within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 fn mkfifo(path: &Path) {
     let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
@@ -73,7 +25,7 @@ fn mkfifo(path: &Path) {
 async fn unreadable_entries_keep_the_last_good_registry() {
     let (origin, _) = cookie_origin(&[]).await;
     let good = portal_toml(origin, "");
-    let d = Disk::start(&good).await;
+    let d = Disk::start(&[("portal.toml", good.clone())]).await;
     assert_eq!(d.status("portal.test").await, 200);
     let portal = d.hosts().join("portal.toml");
     type Setup = Box<dyn Fn(&Path)>;
@@ -182,21 +134,26 @@ async fn unreadable_entries_keep_the_last_good_registry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recreated_registry_dir_is_watched_again() {
     let (origin, _) = cookie_origin(&[]).await;
-    let d = Disk::start(&portal_toml(origin, "")).await;
-    d.serves("portal.test", 200, Duration::from_secs(5)).await;
+    let d = Disk::start(&[("portal.toml", portal_toml(origin, ""))]).await;
+    assert_eq!(d.status("portal.test").await, 200);
     std::fs::remove_dir_all(d.hosts()).unwrap();
     // The removal is an error: the last good registry keeps serving.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let errors = d.fails().await;
+    assert!(
+        errors[0].file.starts_with(d.hosts()),
+        "the error names the directory: {errors:?}"
+    );
     assert_eq!(d.status("portal.test").await, 200);
     std::fs::create_dir(d.hosts()).unwrap();
     let with =
         |extra: &str| format!("hosts = [\"portal.test\"{extra}]\nupstream = \"http://{origin}\"\n");
     std::fs::write(d.hosts().join("portal.toml"), with(", \"again.test\"")).unwrap();
-    d.serves("again.test", 200, Duration::from_secs(5)).await;
+    d.until_serving("again.test", true).await;
+    assert_eq!(d.status("again.test").await, 200);
     // An edit in the new directory.
-    let tmp = d.hosts().join(".portal.toml.tmp");
-    std::fs::write(&tmp, with(", \"edited.test\"")).unwrap();
-    std::fs::rename(&tmp, d.hosts().join("portal.toml")).unwrap();
-    d.serves("edited.test", 200, Duration::from_secs(5)).await;
-    d.serves("again.test", 421, Duration::from_secs(5)).await;
+    d.replace("portal.toml", &with(", \"edited.test\""));
+    d.until_serving("edited.test", true).await;
+    assert_eq!(d.status("edited.test").await, 200);
+    d.until_serving("again.test", false).await;
+    assert_eq!(d.status("again.test").await, 421);
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,77 +14,6 @@ use common::*;
 use consent_gateway::config::load;
 use consent_gateway::control::live::ReloadResult;
 use consent_gateway::gateway::Gateway;
-
-/// A gateway serving a registry directory on disk, with the watcher on.
-struct Disk {
-    gw: Gateway,
-    dir: tempfile::TempDir,
-}
-
-impl Disk {
-    async fn start(files: &[(&str, String)]) -> Disk {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("gateway.toml"),
-            "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[registry]\ndir = \"hosts\"\npoll_interval = \"1h\"\n",
-        )
-        .unwrap();
-        std::fs::create_dir(dir.path().join("hosts")).unwrap();
-        for (name, text) in files {
-            std::fs::write(dir.path().join("hosts").join(name), text).unwrap();
-        }
-        let (cfg, registry) = load(&dir.path().join("gateway.toml")).unwrap();
-        let gw = Gateway::start(&cfg, registry).await.unwrap();
-        Disk { gw, dir }
-    }
-
-    fn hosts(&self) -> PathBuf {
-        self.dir.path().join("hosts")
-    }
-
-    fn http(&self) -> SocketAddr {
-        self.gw.http_addr.unwrap()
-    }
-
-    /// Writes a file the way editors and config tools do: temp file, then rename over.
-    fn replace(&self, name: &str, text: &str) {
-        let tmp = self.hosts().join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, self.hosts().join(name)).unwrap();
-    }
-
-    /// Waits (on reload notifications, not a timer) until `done` holds for a reload result.
-    async fn reloaded(&self, done: impl Fn(&ReloadResult) -> bool) -> ReloadResult {
-        let mut rx = self.gw.live.subscribe();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            {
-                let (n, r) = &*rx.borrow_and_update();
-                if *n > 0 && done(r) {
-                    return r.clone();
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            tokio::time::timeout(left, rx.changed())
-                .await
-                .expect("no matching reload within 10 s")
-                .unwrap();
-        }
-    }
-
-    async fn generation_becomes(&self, g: u64) {
-        self.reloaded(|r| matches!(r, ReloadResult::Success(n) if *n >= g))
-            .await;
-        assert_eq!(self.gw.live.load().generation, g);
-    }
-
-    async fn fails(&self) -> Vec<consent_gateway::config::ConfigError> {
-        match self.reloaded(|r| matches!(r, ReloadResult::Error(_))).await {
-            ReloadResult::Error(e) => e,
-            _ => unreachable!(),
-        }
-    }
-}
 
 /// Origin sending `_ga` and `sessionid`; registry text where `_ga` has `category`.
 fn portal_with_ga(up: SocketAddr, category: &str) -> String {

@@ -114,10 +114,6 @@ purpose = "Matomo session"
     )
 }
 
-fn html_escape(s: &str) -> String {
-    crate::policy::page::escape(s)
-}
-
 /// Path of the sample portal's analytics script.
 pub const ANALYTICS_JS_PATH: &str = "/demo/analytics.js";
 
@@ -359,11 +355,16 @@ pub fn origin_response<B>(req: &Request<B>) -> Response<ProxyBody> {
         .headers()
         .get_all(header::COOKIE)
         .iter()
-        .map(|v| html_escape(&String::from_utf8_lossy(v.as_bytes())))
+        .map(|v| crate::policy::page::escape(&String::from_utf8_lossy(v.as_bytes())))
         .collect();
     let set: String = ORIGIN_SET_COOKIES
         .iter()
-        .map(|c| format!("<li class=\"set\"><code>{}</code></li>", html_escape(c)))
+        .map(|c| {
+            format!(
+                "<li class=\"set\"><code>{}</code></li>",
+                crate::policy::page::escape(c)
+            )
+        })
         .collect();
     let received = if received.is_empty() {
         "(none)".to_owned()

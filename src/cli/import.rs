@@ -14,6 +14,7 @@
 use std::fmt::Write as _;
 
 use crate::policy::registry::{CookieMatcher, HostPolicy, NECESSARY};
+use crate::policy::request_cookies::is_cookie_name;
 
 /// The consent cookie the imported file names (Opendatasoft's, the `json` format's default).
 pub const CONSENT_COOKIE: &str = "cookies_preferences";
@@ -142,13 +143,6 @@ fn toml_str(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-/// RFC 6265 `token`, as `check` requires of cookie names.
-fn is_cookie_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
 }
 
 /// One line of the page.

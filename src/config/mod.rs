@@ -22,6 +22,7 @@ use crate::policy::host::{HostPattern, HostTable};
 use crate::policy::registry::{
     CookieEntry, CookieMatcher, HostPolicy, Mode, Registry, UnknownCookies, Upstream, NECESSARY,
 };
+use crate::policy::request_cookies::is_cookie_name;
 
 /// One configuration error, with its place. `line` and `column` are 1-based.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, thiserror::Error)]
@@ -859,13 +860,6 @@ impl<'de> Deserialize<'de> for Keys {
     }
 }
 
-/// RFC 6265 `token`: visible ASCII except separators.
-pub(crate) fn is_cookie_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
-}
-
 fn is_category_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -1405,16 +1399,7 @@ fn combine_digests<'a>(files: impl Iterator<Item = (&'a Path, [u8; 32])>) -> Str
         hasher.update(name.as_bytes());
         hasher.update(digest);
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// SHA-256 (hex) over every file's name and content: equal digests, equal registries.
-pub fn registry_digest(files: &[(PathBuf, String)]) -> String {
-    combine_digests(files.iter().map(|(p, t)| (p.as_path(), file_digest(t))))
+    format!("{:x}", hasher.finalize())
 }
 
 /// What earlier compiles produced, by file: a reload recompiles only the files whose text

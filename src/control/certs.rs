@@ -184,11 +184,7 @@ pub fn load_certs(dir: &Path, default: Option<&str>) -> Result<CertSet, Vec<Conf
     if !errors.is_empty() {
         return Err(errors);
     }
-    set.digest = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    set.digest = format!("{:x}", hasher.finalize());
     Ok(set)
 }
 

@@ -230,17 +230,6 @@ impl Live {
         generation
     }
 
-    /// Swaps in a registry built elsewhere (tests, the demo), unless its digest is the one
-    /// serving.
-    pub fn install(&self, registry: Registry) -> ReloadResult {
-        if self.current.load().registry.digest == registry.digest {
-            return ReloadResult::Unchanged;
-        }
-        let result = ReloadResult::Success(self.swap(registry));
-        self.audit_reload(&result);
-        result
-    }
-
     fn record(&self, result: &ReloadResult) {
         let label = match result {
             ReloadResult::Success(g) => {

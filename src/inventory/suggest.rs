@@ -368,7 +368,7 @@ pub fn render(hosts: &[HostInventory], sources: &[String]) -> String {
             }
         }
         for c in names {
-            if !crate::config::is_cookie_name(&c.name) {
+            if !crate::policy::request_cookies::is_cookie_name(&c.name) {
                 out.push_str(&format!(
                     "\n# skipped {:?}: not a valid cookie name for the registry ({})\n",
                     comment_text(&c.name),

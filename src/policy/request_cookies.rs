@@ -11,6 +11,14 @@ pub struct CookiePair<'a> {
     pub value: &'a [u8],
 }
 
+/// RFC 6265 `token`: visible ASCII except separators. What `check` requires of a registry
+/// entry's cookie name, and what `import-policy` and `suggest` take as one.
+pub fn is_cookie_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
 /// Trims spaces and tabs (RFC 6265's optional whitespace), not the other ASCII whitespace that
 /// `<[u8]>::trim_ascii` would also take. Shared with the `Set-Cookie` reader.
 pub(crate) fn trim(mut s: &[u8]) -> &[u8] {

@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use consent_gateway::config::{compile_registry, parse_gateway};
+use consent_gateway::control::live::ReloadResult;
 use consent_gateway::gateway::Gateway;
 
 pub type OriginBody = BoxBody<Bytes, hyper::Error>;
@@ -313,4 +314,116 @@ pub async fn gated_origin(
     })
     .await;
     (addr, arrived, release_tx)
+}
+
+/// A gateway serving a registry directory on disk (`hosts/` in a temporary directory beside its
+/// `gateway.toml`), with the watcher on and the poll an hour away: what the reload, filesystem
+/// and audit tests drive.
+pub struct Disk {
+    pub gw: Gateway,
+    pub dir: tempfile::TempDir,
+}
+
+impl Disk {
+    /// Serves `files` (name, text) from `hosts/`.
+    pub async fn start(files: &[(&str, String)]) -> Disk {
+        Disk::start_with("", "", files).await
+    }
+
+    /// [`Disk::start`] with `tables` (whole tables, such as `[audit]`) and `registry` (more keys
+    /// of `[registry]`, such as `watch = false`) in `gateway.toml`.
+    pub async fn start_with(tables: &str, registry: &str, files: &[(&str, String)]) -> Disk {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("gateway.toml"),
+            format!(
+                "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{tables}\n\
+                 [registry]\ndir = \"hosts\"\npoll_interval = \"1h\"\n{registry}"
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("hosts")).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join("hosts").join(name), text).unwrap();
+        }
+        let (cfg, registry) =
+            consent_gateway::config::load(&dir.path().join("gateway.toml")).unwrap();
+        let gw = Gateway::start(&cfg, registry).await.unwrap();
+        Disk { gw, dir }
+    }
+
+    pub fn hosts(&self) -> std::path::PathBuf {
+        self.dir.path().join("hosts")
+    }
+
+    pub fn http(&self) -> SocketAddr {
+        self.gw.http_addr.unwrap()
+    }
+
+    /// The status of `GET /` for `host`.
+    pub async fn status(&self, host: &str) -> u16 {
+        get(self.http(), host, "/", "").await.status
+    }
+
+    /// Writes a file the way editors and config tools do: temp file, then rename over.
+    pub fn replace(&self, name: &str, text: &str) {
+        let tmp = self.hosts().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.hosts().join(name)).unwrap();
+    }
+
+    /// Waits (on reload notifications, not a timer) until `done` holds for a reload result.
+    pub async fn reloaded(&self, done: impl Fn(&ReloadResult) -> bool) -> ReloadResult {
+        let mut rx = self.gw.live.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            {
+                let (n, r) = &*rx.borrow_and_update();
+                if *n > 0 && done(r) {
+                    return r.clone();
+                }
+            }
+            tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .expect("no matching reload within 10 s")
+                .unwrap();
+        }
+    }
+
+    /// Waits (on reload notifications) until the registry serving has a host named `host`
+    /// (`serves` true) or has none (`serves` false).
+    pub async fn until_serving(&self, host: &str, serves: bool) {
+        let mut rx = self.gw.live.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            rx.borrow_and_update();
+            let now = self
+                .gw
+                .live
+                .load()
+                .registry
+                .lookup(host.as_bytes())
+                .is_some();
+            if now == serves {
+                return;
+            }
+            tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .unwrap_or_else(|_| panic!("{host}: served {now} after 10 s, want {serves}"))
+                .unwrap();
+        }
+    }
+
+    pub async fn generation_becomes(&self, g: u64) {
+        self.reloaded(|r| matches!(r, ReloadResult::Success(n) if *n >= g))
+            .await;
+        assert_eq!(self.gw.live.load().generation, g);
+    }
+
+    pub async fn fails(&self) -> Vec<consent_gateway::config::ConfigError> {
+        match self.reloaded(|r| matches!(r, ReloadResult::Error(_))).await {
+            ReloadResult::Error(e) => e,
+            _ => unreachable!(),
+        }
+    }
 }
