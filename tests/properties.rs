@@ -7,15 +7,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use std::path::Path;
+mod common;
+
 use std::time::{Duration, UNIX_EPOCH};
 
 use http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 
+use common::test_policy;
 use consent_gateway::cli::explain::explain;
-use consent_gateway::config::parse_host_file;
 use consent_gateway::policy::consent::from_request_headers;
 use consent_gateway::policy::consent::{Consent, Format, Granted, Source};
 use consent_gateway::policy::decide::Verdict;
@@ -35,78 +36,14 @@ fn test_url() -> consent_gateway::policy::jar::RequestUrl<'static> {
 // ---------------------------------------------------------------------------------------------
 // Registry
 
-/// A registry file with every kind of entry the decision distinguishes: necessary names, the
-/// consent cookie listed explicitly, exact names and prefixes (one prefix of another), a key list,
-/// and a `gpc` category.
-fn registry_text(mode: &str, unknown: &str) -> String {
-    format!(
-        r#"hosts = ["t.example", "*.t.example"]
-upstream = "http://127.0.0.1:8000"
-mode = "{mode}"
-unknown_cookies = "{unknown}"
-gpc = ["marketing"]
-
-[consent]
-cookie = "cookies_preferences"
-format = "json"
-
-[[cookie]]
-name = "sessionid"
-category = "necessary"
-
-[[cookie]]
-name = "csrftoken"
-category = "necessary"
-
-[[cookie]]
-name = "cookies_preferences"
-category = "necessary"
-
-[[cookie]]
-name = "_ga"
-category = "statistical"
-consent = ["ga", "C0002"]
-
-[[cookie]]
-prefix = "_ga_"
-category = "statistical"
-consent = "ga"
-
-[[cookie]]
-name = "_gid"
-category = "statistical"
-consent = "ga"
-
-[[cookie]]
-prefix = "_gat"
-category = "statistical"
-consent = "ga"
-
-[[cookie]]
-prefix = "_pk_id."
-category = "statistical"
-consent = "matomo"
-
-[[cookie]]
-name = "ads_id"
-category = "marketing"
-
-[[cookie]]
-prefix = "_fb"
-category = "marketing"
-consent = ["marketing", "facebook"]
-"#
-    )
-}
-
+/// The test host (`tests/fixtures/t.example.toml`): every kind of entry the decision
+/// distinguishes, in `mode`, with unknown cookies kept or dropped.
 fn policy(mode: Mode, unknown_keep: bool) -> HostPolicy {
-    let mode = match mode {
-        Mode::Enforce => "enforce",
-        Mode::ReportOnly => "report-only",
-    };
     let unknown = if unknown_keep { "keep" } else { "drop" };
-    parse_host_file(Path::new("t.toml"), &registry_text(mode, unknown))
-        .unwrap_or_else(|e| panic!("test registry does not compile: {e}"))
+    test_policy(&format!(
+        "mode = \"{}\"\nunknown_cookies = \"{unknown}\"",
+        mode.as_str()
+    ))
 }
 
 /// Consent keys the registry uses, plus ones it does not.

@@ -20,9 +20,13 @@ use toml::Spanned;
 use crate::policy::consent::{ConsentSpec, Format};
 use crate::policy::host::{HostPattern, HostTable};
 use crate::policy::registry::{
-    CookieEntry, CookieMatcher, HostPolicy, Mode, Registry, UnknownCookies, Upstream, NECESSARY,
+    CookieEntry, CookieMatcher, HostPolicy, HostSpec, Mode, Registry, UnknownCookies, Upstream,
+    NECESSARY,
 };
 use crate::policy::request_cookies::is_cookie_name;
+
+#[cfg(test)]
+pub(crate) mod fixture;
 
 /// One configuration error, with its place. `line` and `column` are 1-based.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, thiserror::Error)]
@@ -1239,21 +1243,21 @@ fn compile_host_file(path: &Path, text: &str) -> Result<CompiledFile, ConfigErro
             src.error(raw.upstream.span(), "upstream: invalid")
         ]));
     };
-    let policy = HostPolicy::new(
-        path.to_owned(),
+    let policy = HostPolicy::new(HostSpec {
+        file: path.to_owned(),
         hosts,
         upstream,
         upstream_host,
         upstream_ca,
         mode,
         unknown_cookies,
-        raw.strip_request_cookies.unwrap_or(true),
-        raw.purge.unwrap_or(true),
+        strip_request_cookies: raw.strip_request_cookies.unwrap_or(true),
+        purge: raw.purge.unwrap_or(true),
         purge_unknown,
         consent,
         gpc,
         cookies,
-    );
+    });
     Ok(CompiledFile {
         policy: std::sync::Arc::new(policy),
         host_spans,

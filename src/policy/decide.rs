@@ -188,68 +188,14 @@ pub fn decide_cookie<'p>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::consent::{ConsentSpec, Format, Granted, Source};
-    use crate::policy::registry::{CookieMatcher, Upstream, NECESSARY};
+    use crate::policy::consent::{Granted, Source};
 
-    fn entry(matcher: CookieMatcher, category: &str, keys: &[&str], gpc: bool) -> CookieEntry {
-        CookieEntry {
-            matcher,
-            category: category.into(),
-            necessary: category == NECESSARY,
-            refused_by_gpc: gpc,
-            consent: keys.iter().map(|k| (*k).to_owned()).collect(),
-            provider: None,
-            function: None,
-            purpose: None,
-            domains: vec![],
-            path: "/".into(),
-        }
-    }
-
+    /// The test host (`tests/fixtures/t.example.toml`) in `mode`, with `unknown` cookies.
     fn policy(mode: Mode, unknown: UnknownCookies) -> HostPolicy {
-        HostPolicy::new(
-            "t.toml".into(),
-            vec!["t.example".parse().unwrap()],
-            Upstream {
-                scheme: http::uri::Scheme::HTTP,
-                authority: "127.0.0.1:1".parse().unwrap(),
-            },
-            None,
-            None,
-            mode,
-            unknown,
-            true,
-            true,
-            false,
-            ConsentSpec::new("cookies_preferences", Format::Json),
-            vec!["marketing".into()],
-            vec![
-                entry(
-                    CookieMatcher::Name("sessionid".into()),
-                    "necessary",
-                    &["necessary"],
-                    false,
-                ),
-                entry(
-                    CookieMatcher::Name("_ga".into()),
-                    "statistical",
-                    &["ga", "C0002"],
-                    false,
-                ),
-                entry(
-                    CookieMatcher::Prefix("_ga_".into()),
-                    "statistical",
-                    &["ga"],
-                    false,
-                ),
-                entry(
-                    CookieMatcher::Name("ads".into()),
-                    "marketing",
-                    &["marketing"],
-                    true,
-                ),
-            ],
-        )
+        let mut p = crate::config::fixture::host_policy("");
+        p.mode = mode;
+        p.unknown_cookies = unknown;
+        p
     }
 
     fn consent(keys: &[&str], gpc: bool) -> Consent {

@@ -444,9 +444,7 @@ pub fn add_vary_cookie(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use crate::policy::consent::{ConsentSpec, Format, Granted, Source};
-    use crate::policy::registry::{
-        CookieEntry, CookieMatcher, Mode, UnknownCookies, Upstream, NECESSARY,
-    };
+    use crate::policy::registry::Mode;
 
     const NOW: i64 = 1_779_000_000;
 
@@ -455,45 +453,11 @@ mod tests {
         RequestUrl::new("portal.test", "/", false)
     }
 
-    pub(crate) fn policy(mode: Mode) -> HostPolicy {
-        let e = |name: &str, cat: &str| CookieEntry {
-            matcher: CookieMatcher::Name(name.into()),
-            category: cat.into(),
-            necessary: cat == NECESSARY,
-            refused_by_gpc: false,
-            consent: vec![if cat == "statistical" {
-                "ga".into()
-            } else {
-                cat.into()
-            }],
-            provider: None,
-            function: None,
-            purpose: None,
-            domains: vec![],
-            path: "/".into(),
-        };
-        HostPolicy::new(
-            "t.toml".into(),
-            vec!["t.example".parse().unwrap()],
-            Upstream {
-                scheme: http::uri::Scheme::HTTP,
-                authority: "127.0.0.1:1".parse().unwrap(),
-            },
-            None,
-            None,
-            mode,
-            UnknownCookies::Drop,
-            true,
-            true,
-            false,
-            ConsentSpec::new("cookies_preferences", Format::Json),
-            vec![],
-            vec![
-                e("sessionid", "necessary"),
-                e("_ga", "statistical"),
-                e("_gid", "statistical"),
-            ],
-        )
+    /// The test host (`tests/fixtures/t.example.toml`) in `mode`.
+    fn policy(mode: Mode) -> HostPolicy {
+        let mut p = policy_from("");
+        p.mode = mode;
+        p
     }
 
     fn headers(set_cookies: &[&str]) -> HeaderMap {
@@ -720,16 +684,9 @@ mod tests {
         assert_eq!(h, before);
     }
 
+    /// The test host with `extra` head keys (`purge = false`, ...).
     fn policy_from(extra: &str) -> HostPolicy {
-        let text = format!(
-            "hosts = [\"t.example\"]\nupstream = \"http://127.0.0.1:1\"\n{extra}\n\
-             [[cookie]]\nname = \"sessionid\"\ncategory = \"necessary\"\n\
-             [[cookie]]\nname = \"_ga\"\ncategory = \"statistical\"\nconsent = \"ga\"\ndomains = [\".t.example\", \"example\"]\n\
-             [[cookie]]\nprefix = \"_pk_id.\"\ncategory = \"statistical\"\nconsent = \"matomo\"\npath = \"/app\"\n\
-             [[cookie]]\nname = \"__Host-track\"\ncategory = \"marketing\"\ndomains = [\".t.example\"]\n\
-             [[cookie]]\nname = \"__Secure-ads\"\ncategory = \"marketing\"\n"
-        );
-        crate::config::parse_host_file(std::path::Path::new("t.toml"), &text).unwrap()
+        crate::config::fixture::host_policy(extra)
     }
 
     fn request(cookie: &str) -> HeaderMap {

@@ -150,24 +150,44 @@ pub struct HostPolicy {
     prefixes: Vec<(Box<[u8]>, usize)>,
 }
 
+/// What a [`HostPolicy`] is built from: one registry file's settings, by name (each is the
+/// [`HostPolicy`] field of the same name). [`HostPolicy::new`] adds what is derived from them.
+#[derive(Debug, Clone)]
+pub struct HostSpec {
+    pub file: PathBuf,
+    pub hosts: Vec<HostPattern>,
+    pub upstream: Upstream,
+    pub upstream_host: Option<http::HeaderValue>,
+    pub upstream_ca: Option<Arc<UpstreamTrust>>,
+    pub mode: Mode,
+    pub unknown_cookies: UnknownCookies,
+    pub strip_request_cookies: bool,
+    pub purge: bool,
+    pub purge_unknown: bool,
+    pub consent: ConsentSpec,
+    pub gpc: Vec<String>,
+    pub cookies: Vec<CookieEntry>,
+}
+
 impl HostPolicy {
-    /// Builds the lookup indexes. The caller has checked that names and prefixes are unique.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        file: PathBuf,
-        hosts: Vec<HostPattern>,
-        upstream: Upstream,
-        upstream_host: Option<http::HeaderValue>,
-        upstream_ca: Option<Arc<UpstreamTrust>>,
-        mode: Mode,
-        unknown_cookies: UnknownCookies,
-        strip_request_cookies: bool,
-        purge: bool,
-        purge_unknown: bool,
-        consent: ConsentSpec,
-        gpc: Vec<String>,
-        cookies: Vec<CookieEntry>,
-    ) -> Self {
+    /// Builds the lookup indexes, the name, the upstream SNI and the upstream client key. The
+    /// caller has checked that names and prefixes are unique.
+    pub fn new(spec: HostSpec) -> Self {
+        let HostSpec {
+            file,
+            hosts,
+            upstream,
+            upstream_host,
+            upstream_ca,
+            mode,
+            unknown_cookies,
+            strip_request_cookies,
+            purge,
+            purge_unknown,
+            consent,
+            gpc,
+            cookies,
+        } = spec;
         let mut exact = HashMap::default();
         let mut prefixes = Vec::new();
         for (i, c) in cookies.iter().enumerate() {
@@ -279,7 +299,6 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::consent::Format;
 
     pub(crate) fn entry(matcher: CookieMatcher, category: &str) -> CookieEntry {
         CookieEntry {
@@ -296,25 +315,25 @@ mod tests {
         }
     }
 
+    /// A host whose registry is `cookies`, the rest the test host's
+    /// (`tests/fixtures/t.example.toml`).
     fn policy(cookies: Vec<CookieEntry>) -> HostPolicy {
-        HostPolicy::new(
-            "t.toml".into(),
-            vec!["t.example".parse().unwrap()],
-            Upstream {
-                scheme: http::uri::Scheme::HTTP,
-                authority: "127.0.0.1:1".parse().unwrap(),
-            },
-            None,
-            None,
-            Mode::Enforce,
-            UnknownCookies::Drop,
-            true,
-            true,
-            false,
-            ConsentSpec::new("cookies_preferences", Format::Json),
-            vec![],
+        let t = crate::config::fixture::host_policy("");
+        HostPolicy::new(HostSpec {
+            file: t.file,
+            hosts: t.hosts,
+            upstream: t.upstream,
+            upstream_host: t.upstream_host,
+            upstream_ca: t.upstream_ca,
+            mode: t.mode,
+            unknown_cookies: t.unknown_cookies,
+            strip_request_cookies: t.strip_request_cookies,
+            purge: t.purge,
+            purge_unknown: t.purge_unknown,
+            consent: t.consent,
+            gpc: t.gpc,
             cookies,
-        )
+        })
     }
 
     fn category_of<'a>(p: &'a HostPolicy, name: &str) -> Option<&'a str> {

@@ -145,6 +145,19 @@ category = "marketing"
     )
 }
 
+/// The test host every unit test of the decision and the property tests build on
+/// (`tests/fixtures/t.example.toml`, also loaded by `src/config/fixture.rs`), with `head`
+/// (top-level keys such as `mode = "report-only"`) added before its first table.
+pub fn test_policy(head: &str) -> consent_gateway::policy::registry::HostPolicy {
+    let text = include_str!("../fixtures/t.example.toml");
+    let (keys, tables) = text.split_once("\n[").unwrap();
+    consent_gateway::config::parse_host_file(
+        Path::new("t.toml"),
+        &format!("{keys}\n{head}\n[{tables}"),
+    )
+    .unwrap_or_else(|e| panic!("tests/fixtures/t.example.toml: {e}"))
+}
+
 /// Starts the gateway in process on 127.0.0.1:0 (proxy and admin) with `[limits]`/`[proxy]`
 /// text `extra` and the given registry files.
 ///
