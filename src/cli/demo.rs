@@ -524,7 +524,7 @@ pub async fn start(port: u16) -> Result<Demo, crate::gateway::StartError> {
     let origin_listener = TcpListener::bind("127.0.0.1:0").await?;
     let origin = origin_listener.local_addr()?;
     let (origin_stop, stop_rx) = watch::channel(false);
-    let handler = |req: Request<Incoming>, _peer| async move { origin_response(&req) };
+    let handler = |req: Request<Incoming>, _peer| std::future::ready(origin_response(&req));
     tokio::spawn(crate::edge::server::serve(
         origin_listener,
         handler,
@@ -570,7 +570,7 @@ pub async fn start(port: u16) -> Result<Demo, crate::gateway::StartError> {
     let seen = Arc::new(Mutex::new(Received::default()));
     let handler = move |req: Request<Incoming>, _peer| {
         let seen = Arc::clone(&seen);
-        async move { front(req, gateway_addr, seen).await }
+        Box::pin(front(req, gateway_addr, seen))
     };
     tokio::spawn(crate::edge::server::serve(
         front_listener,

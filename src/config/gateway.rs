@@ -161,7 +161,9 @@ pub mod memory {
     pub const PROCESS: u64 = 20 << 20;
     /// An HTTP/1 connection whose client stopped reading a large response (measured: 47 to 56 KiB).
     pub const H1_STALLED: u64 = 56 << 10;
-    /// An HTTP/1 connection itself (measured idle: 14 KiB), before its request head buffer.
+    /// An HTTP/1 connection reading a request head (hyper's connection state and 8 KiB write
+    /// buffer, the task), before its read buffer. Between requests a keep-alive connection
+    /// holds none of it (`edge::server::serve_h1_plain`: about 2 KiB measured).
     pub const H1_BASE: u64 = 16 << 10;
     /// HTTP/2 streams per connection (`server::H2_MAX_STREAMS`).
     pub const H2_STREAMS: u64 = 64;

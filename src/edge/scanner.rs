@@ -113,6 +113,12 @@ impl HeadScanner {
         self.phase == Phase::Off
     }
 
+    /// Whether every byte fed so far belongs to a complete request (head and body): the stream
+    /// is between two requests. `false` once the scanner has stopped.
+    pub fn between_requests(&self) -> bool {
+        self.phase == Phase::Head && self.head.is_empty()
+    }
+
     /// Stops scanning (the connection was upgraded: what follows is not HTTP).
     pub fn stop(&mut self) {
         self.phase = Phase::Off;
@@ -368,11 +374,13 @@ fn chunk_step(c: Chunk, data: &[u8]) -> (Option<Option<Chunk>>, &[u8]) {
 // The I/O wrapper and its handle.
 
 /// What the connection's [`HeadCheck`] and its service share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     verdicts: VecDeque<HeadVerdict>,
     /// Set by the service when it answered 101: the scanner stops.
     upgraded: bool,
+    /// Every byte read so far belongs to a complete request ([`HeadScanner::between_requests`]).
+    between: bool,
 }
 
 /// The service's end of a [`HeadCheck`]: takes each request's verdict in turn.
@@ -387,6 +395,15 @@ impl HeadChecks {
             .ok()
             .and_then(|mut s| s.verdicts.pop_front())
             .unwrap_or(HeadVerdict::Unvetted)
+    }
+
+    /// Whether the connection is between requests: every byte read from it belongs to a
+    /// complete request, and every request head read has been handed out. With nothing in
+    /// flight, the server's HTTP/1 state holds nothing of the client's then.
+    pub fn between_requests(&self) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|s| s.between && !s.upgraded && s.verdicts.is_empty())
     }
 
     /// The connection switched protocols: what follows is not HTTP/1.
@@ -408,7 +425,11 @@ pub struct HeadCheck<T> {
 impl<T> HeadCheck<T> {
     /// Wraps a connection; `max_head` is the server's `max_header_bytes`.
     pub fn new(inner: T, max_head: usize) -> (Self, HeadChecks) {
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let shared = Arc::new(Mutex::new(Shared {
+            verdicts: VecDeque::new(),
+            upgraded: false,
+            between: true,
+        }));
         (
             HeadCheck {
                 inner,
@@ -433,11 +454,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadCheck<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && !this.scanner.is_off() {
+        if matches!(r, Poll::Ready(Ok(()))) {
             let read = &buf.filled()[before..];
             if !read.is_empty() {
                 match this.shared.lock() {
-                    Ok(mut shared) if !shared.upgraded => {
+                    Ok(mut shared) if !shared.upgraded && !this.scanner.is_off() => {
                         let scanner = &mut this.scanner;
                         let mut full = false;
                         scanner.feed(read, &mut |v| {
@@ -450,8 +471,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadCheck<T> {
                         if full {
                             scanner.stop();
                         }
+                        shared.between = scanner.between_requests();
                     }
-                    _ => this.scanner.stop(),
+                    Ok(mut shared) => {
+                        this.scanner.stop();
+                        shared.between = false;
+                    }
+                    Err(_) => this.scanner.stop(),
                 }
             }
         }

@@ -9,13 +9,17 @@
 //! Limits against slow or greedy clients:
 //! - `header_read_timeout` bounds the time to send a request head, counted from when the server
 //!   starts waiting for it, so it also bounds how long an idle kept-alive connection stays open
-//!   between requests (hyper closes it without a response; slowloris connections end this way);
+//!   between requests (it is closed without a response; slowloris connections end this way);
 //! - `idle_timeout` bounds any stall of a connection ([`IdleIo`]) and of a streamed body;
 //! - `max_connections`: past it a new connection gets a 503 and is closed at once;
 //! - an HTTP/1 connection serves at most [`MAX_REQUESTS_PER_CONNECTION`] requests, then the
 //!   response says `Connection: close` (like nginx's `keepalive_requests`);
 //! - every HTTP/1 request head is also judged by [`HeadCheck`] (request smuggling), its verdict
 //!   handed to the request as an extension for `proxy::checks::check_request`.
+//!
+//! Plain HTTP/1.1 connections hold no HTTP state while they wait for their next request
+//! ([`serve_h1_plain`]): hyper's connection, with its buffers, lives only while there is a request
+//! to read or a response to write.
 //!
 //! hyper answers a request its parser refuses (400, 431, 414) itself, with an empty body, before
 //! any handler runs; such a refusal is logged here with the access log's target and counted in
@@ -24,11 +28,11 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{HeaderValue, CONNECTION};
+use http::header::{HeaderValue, CONNECTION, UPGRADE};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -85,8 +89,8 @@ pub async fn serve<H, F>(
     tls: Option<TlsAcceptor>,
 ) -> usize
 where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + Unpin + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + Unpin + 'static,
 {
     let hooks = ListenerHooks {
         permits: Arc::new(Semaphore::new(limits.max_connections)),
@@ -158,8 +162,8 @@ pub async fn serve_with<H, F>(
     hooks: ListenerHooks,
 ) -> usize
 where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + Unpin + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + Unpin + 'static,
 {
     let permits = hooks.permits;
     let worker_gauge = hooks.worker_gauge;
@@ -193,6 +197,14 @@ where
         .max_send_buf_size(H2_SEND_BUF)
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW);
+    // Plain connections share theirs (a new hyper connection is made from it for every busy
+    // period of a connection).
+    let h1_plain = Arc::new(h1.clone());
+    let h1_limits = H1Limits {
+        header_read: limits.header_read_timeout,
+        idle: limits.idle_timeout,
+        max_head: limits.max_header_bytes,
+    };
     loop {
         tokio::select! {
             biased;
@@ -227,22 +239,25 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let (h1, h2, tls) = (h1.clone(), h2.clone(), tls.clone());
                 let drain = drain_rx.clone();
                 let metrics = metrics.clone();
                 let gauges = OpenGuard::new([open_gauge.clone(), worker_gauge.clone()]);
+                let Some(acceptor) = tls.clone() else {
+                    let h1 = Arc::clone(&h1_plain);
+                    conns.spawn(async move {
+                        let _permit = permit;
+                        let _open = gauges;
+                        serve_h1_plain(stream, peer, handler, &h1, h1_limits, drain, metrics).await;
+                    });
+                    continue;
+                };
+                let (h1, h2) = (h1.clone(), h2.clone());
                 let (idle, handshake) = (limits.idle_timeout, limits.header_read_timeout);
                 let max_head = limits.max_header_bytes;
                 conns.spawn(async move {
                     let _permit = permit;
                     let _open = gauges;
                     let io = IdleIo::new(stream, idle);
-                    let Some(acceptor) = tls else {
-                        let (io, checks) = HeadCheck::new(io, max_head);
-                        let (io, gate) = GateIo::new(io);
-                        let svc = service(handler, peer, Some(checks), gate);
-                        return drive_h1(&h1, TokioIo::new(io), svc, drain, peer, metrics).await;
-                    };
                     let stream = match tokio::time::timeout(handshake, acceptor.accept(io)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -261,7 +276,7 @@ where
                     } else {
                         let (io, checks) = HeadCheck::new(stream, max_head);
                         let (io, gate) = GateIo::new(io);
-                        let svc = service(handler, peer, Some(checks), gate);
+                        let svc = H1Service::new(handler, peer, checks, gate);
                         drive_h1(&h1, TokioIo::new(io), svc, drain, peer, metrics).await;
                     }
                 });
@@ -344,48 +359,108 @@ async fn serve_probe_lane<H, F>(
 /// Largest request head in the probe lane (hyper's smallest read buffer).
 const PROBE_MAX_HEAD: usize = 8192;
 
-/// The service of one connection. With `checks` (HTTP/1) each request carries its head verdict,
-/// a 101 stops the head scanner, and the response to the connection's
-/// [`MAX_REQUESTS_PER_CONNECTION`]th request closes it.
-fn service<H, F>(
+/// The service of one HTTP/1 connection: each request carries its head verdict, a 101 stops the
+/// head scanner, and the response to the connection's [`MAX_REQUESTS_PER_CONNECTION`]th request
+/// closes it. It outlives the hyper connections of a client connection ([`serve_h1_plain`]), so
+/// the count is the client connection's.
+pub struct H1Service<H> {
     handler: H,
     peer: SocketAddr,
-    checks: Option<HeadChecks>,
+    checks: HeadChecks,
     gate: Arc<WriteGate>,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Response<GatedBody>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<GatedBody>, Infallible>> + Send + 'static,
-> + Send
-       + 'static
+    served: AtomicUsize,
+}
+
+impl<H> H1Service<H> {
+    fn new(handler: H, peer: SocketAddr, checks: HeadChecks, gate: Arc<WriteGate>) -> Self {
+        H1Service {
+            handler,
+            peer,
+            checks,
+            gate,
+            served: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<H, F> hyper::service::Service<Request<Incoming>> for H1Service<H>
 where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F,
+    F: Future<Output = Response<ProxyBody>> + Unpin,
 {
-    let served = AtomicUsize::new(0);
-    service_fn(move |mut req: Request<Incoming>| {
-        let checks = checks.clone();
-        let mut last = false;
-        if let Some(c) = &checks {
-            req.extensions_mut().insert(c.next_verdict());
-            last = served.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_REQUESTS_PER_CONNECTION;
+    type Response = Response<GatedBody>;
+    type Error = Infallible;
+    type Future = Respond<F>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Respond<F> {
+        req.extensions_mut().insert(self.checks.next_verdict());
+        let last = self.served.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_REQUESTS_PER_CONNECTION;
+        // A request that may switch protocols: the connection must be able to hand its socket
+        // to the tunnel, which only a connection driven with upgrades does (see drive_exchange).
+        // The response waits one turn so that the driver sees this first.
+        let hold = req.headers().contains_key(UPGRADE);
+        if hold {
+            self.gate.upgrade.store(true, Ordering::Relaxed);
         }
-        let fut = handler(req, peer);
-        let gate = Arc::clone(&gate);
-        async move {
-            let mut resp = fut.await;
-            if let Some(c) = checks {
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    c.upgraded();
-                } else if last {
-                    resp.headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-            }
-            Ok::<_, Infallible>(resp.map(|inner| GatedBody { inner, gate }))
+        self.gate.in_flight.fetch_add(1, Ordering::Relaxed);
+        Respond {
+            fut: (self.handler)(req, self.peer),
+            answer: Some(InFlight(Arc::clone(&self.gate))),
+            checks: self.checks.clone(),
+            last,
+            hold,
         }
-    })
+    }
+}
+
+/// The response of one HTTP/1 request (see [`H1Service`]).
+pub struct Respond<F> {
+    fut: F,
+    /// Counts the request as in flight until its response body is gone.
+    answer: Option<InFlight>,
+    checks: HeadChecks,
+    last: bool,
+    hold: bool,
+}
+
+impl<F> Future for Respond<F>
+where
+    F: Future<Output = Response<ProxyBody>> + Unpin,
+{
+    type Output = Result<Response<GatedBody>, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.hold {
+            this.hold = false;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        let mut resp = std::task::ready!(std::pin::Pin::new(&mut this.fut).poll(cx));
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            this.checks.upgraded();
+        } else if this.last {
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let Some(gate) = this.answer.take() else {
+            // Polled again after its answer: hyper never does.
+            return std::task::Poll::Pending;
+        };
+        std::task::Poll::Ready(Ok(resp.map(|inner| GatedBody { inner, gate })))
+    }
+}
+
+/// A request whose response body has not been dropped yet (see [`WriteGate::in_flight`]).
+pub struct InFlight(Arc<WriteGate>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Response body bytes an HTTP/1 connection may hold that its client has not taken yet: the
@@ -394,8 +469,9 @@ where
 /// hold a whole request head (64 KiB by default); this one is smaller.
 pub const H1_WRITE_AHEAD: usize = 8 * 1024;
 
-/// Counts body bytes handed to hyper against bytes written to the socket (see
-/// [`H1_WRITE_AHEAD`]).
+/// What one HTTP/1 connection's socket ([`GateIo`]), its service and its response bodies share:
+/// the write-ahead bound ([`H1_WRITE_AHEAD`]), and what tells that the connection is idle
+/// between two requests, so that its hyper connection can be let go ([`serve_h1_plain`]).
 #[derive(Default)]
 pub struct WriteGate {
     /// Body bytes handed over minus bytes written (head and framing bytes written count too, so
@@ -403,6 +479,15 @@ pub struct WriteGate {
     ahead: AtomicUsize,
     /// The body waiting for the socket to drain.
     waiting: std::sync::Mutex<Option<std::task::Waker>>,
+    /// Requests handed to the service whose response body has not been dropped by hyper yet.
+    in_flight: AtomicUsize,
+    /// Everything hyper wrote has reached the socket: the last write-side call on the socket was
+    /// a flush that completed (hyper flushes its socket only once its own buffer is empty).
+    flushed: AtomicBool,
+    /// hyper's last read of the socket found nothing to read.
+    read_blocked: AtomicBool,
+    /// A request of this connection asked to switch protocols.
+    upgrade: AtomicBool,
 }
 
 impl WriteGate {
@@ -419,6 +504,15 @@ impl WriteGate {
             }
         }
     }
+
+    /// hyper holds nothing of this connection's: no request in flight, no byte left to write,
+    /// and it waits for the client's next bytes. (With [`HeadChecks::between_requests`], its
+    /// read buffer is empty too.)
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self.flushed.load(Ordering::Relaxed)
+            && self.read_blocked.load(Ordering::Relaxed)
+    }
 }
 
 /// The connection's socket, reporting what it writes to its [`WriteGate`].
@@ -429,7 +523,10 @@ pub struct GateIo<T> {
 
 impl<T> GateIo<T> {
     fn new(inner: T) -> (Self, Arc<WriteGate>) {
-        let gate = Arc::new(WriteGate::default());
+        let gate = Arc::new(WriteGate {
+            flushed: AtomicBool::new(true),
+            ..WriteGate::default()
+        });
         (
             GateIo {
                 inner,
@@ -437,6 +534,10 @@ impl<T> GateIo<T> {
             },
             gate,
         )
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
     }
 }
 
@@ -446,7 +547,11 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for GateIo<T> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.gate
+            .read_blocked
+            .store(r.is_pending(), Ordering::Relaxed);
+        r
     }
 }
 
@@ -456,6 +561,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for GateIo<T> {
         cx: &mut std::task::Context<'_>,
         b: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        self.gate.flushed.store(false, Ordering::Relaxed);
         let r = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write(cx, b));
         if let Ok(n) = &r {
             self.gate.written(*n);
@@ -468,6 +574,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for GateIo<T> {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        self.gate.flushed.store(false, Ordering::Relaxed);
         let r =
             std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs));
         if let Ok(n) = &r {
@@ -484,21 +591,25 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for GateIo<T> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        let r = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_flush(cx));
+        self.gate.flushed.store(r.is_ok(), Ordering::Relaxed);
+        std::task::Poll::Ready(r)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        self.gate.flushed.store(false, Ordering::Relaxed);
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
-/// An HTTP/1 response body held back while [`H1_WRITE_AHEAD`] bytes wait for the socket.
+/// An HTTP/1 response body held back while [`H1_WRITE_AHEAD`] bytes wait for the socket; the
+/// request counts as in flight until hyper drops it.
 pub struct GatedBody {
     inner: ProxyBody,
-    gate: Arc<WriteGate>,
+    gate: InFlight,
 }
 
 impl hyper::body::Body for GatedBody {
@@ -510,19 +621,20 @@ impl hyper::body::Body for GatedBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
         let this = &mut *self;
-        if this.gate.ahead.load(Ordering::Relaxed) >= H1_WRITE_AHEAD {
-            if let Ok(mut w) = this.gate.waiting.lock() {
+        let gate = &this.gate.0;
+        if gate.ahead.load(Ordering::Relaxed) >= H1_WRITE_AHEAD {
+            if let Ok(mut w) = gate.waiting.lock() {
                 *w = Some(cx.waker().clone());
             }
             // The socket may have drained meanwhile.
-            if this.gate.ahead.load(Ordering::Relaxed) >= H1_WRITE_AHEAD {
+            if gate.ahead.load(Ordering::Relaxed) >= H1_WRITE_AHEAD {
                 return std::task::Poll::Pending;
             }
         }
         let frame = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_frame(cx));
         if let Some(Ok(f)) = &frame {
             if let Some(d) = f.data_ref() {
-                this.gate.ahead.fetch_add(d.len(), Ordering::Relaxed);
+                gate.ahead.fetch_add(d.len(), Ordering::Relaxed);
             }
         }
         std::task::Poll::Ready(frame)
@@ -535,6 +647,194 @@ impl hyper::body::Body for GatedBody {
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The time limits and head size of an HTTP/1 connection.
+#[derive(Clone, Copy)]
+struct H1Limits {
+    /// `header_read_timeout`: from the moment the server waits for a request head.
+    header_read: Duration,
+    /// `idle_timeout`.
+    idle: Duration,
+    /// `max_header_bytes`.
+    max_head: usize,
+}
+
+/// Serves a plain HTTP/1 connection, holding no HTTP buffer while it waits between requests.
+///
+/// hyper keeps an 8 KiB read buffer and an 8 KiB write buffer (and its connection state) for as
+/// long as its connection lives, idle keep-alive ones included. Here a hyper connection only
+/// lives while there is something to do: it is started when the client's socket becomes
+/// readable, and let go (`without_shutdown`) as soon as it is idle again: no request in flight,
+/// its response flushed, every byte read belonging to a complete request, and hyper waiting for
+/// more. The socket (with the head scanner, the write gate and the service, which keep the
+/// connection's state) then waits for readability on its own, and the next request gets a new
+/// hyper connection. Between requests a connection costs its task, its socket and its timers
+/// (about 1 KiB), as in nginx.
+///
+/// The limits are those of a long-lived hyper connection: the wait for the next request head
+/// (idle, then reading it) is bounded by `header_read_timeout` from the end of the previous
+/// response (and by `idle_timeout`); the drain closes an idle connection at once and lets a busy
+/// one finish its request; a request that may switch protocols keeps its hyper connection.
+async fn serve_h1_plain<H, F>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: H,
+    builder: &http1::Builder,
+    limits: H1Limits,
+    mut drain: watch::Receiver<bool>,
+    metrics: Option<Arc<Metrics>>,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + Unpin + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + Unpin + 'static,
+{
+    let io = IdleIo::new(stream, limits.idle);
+    let (io, checks) = HeadCheck::new(io, limits.max_head);
+    let (io, gate) = GateIo::new(io);
+    let mut svc = H1Service::new(handler, peer, checks.clone(), Arc::clone(&gate));
+    let mut io = io;
+    let mut since = tokio::time::Instant::now();
+    loop {
+        let deadline = since + limits.header_read.min(limits.idle);
+        let socket = io.get_ref().get_ref().get_ref();
+        tokio::select! {
+            biased;
+            () = shutdown_requested(&mut drain) => return,
+            r = socket.readable() => if let Err(e) = r {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                return;
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::debug!(peer = %peer, "request head not received within header_read_timeout: connection closed");
+                return;
+            }
+        }
+        // What is left of header_read_timeout for this head.
+        let head_deadline = since + limits.header_read;
+        let mut h1 = builder.clone();
+        h1.header_read_timeout(
+            head_deadline.saturating_duration_since(tokio::time::Instant::now()),
+        );
+        let conn = h1.serve_connection(TokioIo::new(io), svc);
+        let exchange = Box::pin(drive_exchange(
+            conn, &gate, &checks, &mut drain, peer, &metrics,
+        ));
+        let Some(parts) = exchange.await else {
+            return;
+        };
+        // hyper's read buffer is empty when the connection is idle (or holds empty lines, which
+        // its parser skips before a request line anyway); anything else would be part of a
+        // request it did not finish reading.
+        if !parts.read_buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            tracing::debug!(peer = %peer, bytes = parts.read_buf.len(), "unread request bytes when the connection went idle: closed");
+            return;
+        }
+        tracing::trace!(peer = %peer, "connection idle: its HTTP/1 state let go");
+        io = parts.io.into_inner();
+        svc = parts.service;
+        since = tokio::time::Instant::now();
+    }
+}
+
+/// The hyper connection of [`serve_h1_plain`], at one of its stages.
+enum Stage<I, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+{
+    /// Serving requests, let go when idle.
+    Serving(http1::Connection<I, S>),
+    /// Idle: being let go (`without_shutdown`).
+    Releasing(http1::Connection<I, S>),
+    /// A request may switch protocols: served to its end, with upgrades.
+    Upgradable(http1::UpgradeableConnection<I, S>),
+    Done,
+}
+
+/// Drives one hyper connection of [`serve_h1_plain`] until it is idle (returns its parts: the
+/// socket and the service) or ends (returns `None`).
+async fn drive_exchange<I, H, F>(
+    conn: http1::Connection<I, H1Service<H>>,
+    gate: &WriteGate,
+    checks: &HeadChecks,
+    drain: &mut watch::Receiver<bool>,
+    peer: SocketAddr,
+    metrics: &Option<Arc<Metrics>>,
+) -> Option<http1::Parts<I, H1Service<H>>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + Unpin + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + Unpin + 'static,
+{
+    use std::task::Poll;
+    let mut stage = Stage::Serving(conn);
+    let mut draining = false;
+    let stop = shutdown_requested(drain);
+    tokio::pin!(stop);
+    std::future::poll_fn(move |cx| loop {
+        if !draining && stop.as_mut().poll(cx).is_ready() {
+            draining = true;
+            match &mut stage {
+                Stage::Serving(c) | Stage::Releasing(c) => {
+                    std::pin::Pin::new(c).graceful_shutdown()
+                }
+                Stage::Upgradable(c) => std::pin::Pin::new(c).graceful_shutdown(),
+                Stage::Done => {}
+            }
+        }
+        let ended = |r: hyper::Result<()>| {
+            if let Err(e) = r {
+                h1_connection_error(&e, peer, metrics.as_deref());
+            }
+            Poll::Ready(None)
+        };
+        match &mut stage {
+            Stage::Serving(c) => {
+                if let Poll::Ready(r) = std::pin::Pin::new(&mut *c).poll(cx) {
+                    stage = Stage::Done;
+                    return ended(r);
+                }
+                if gate.upgrade.load(Ordering::Relaxed) {
+                    let Stage::Serving(c) = std::mem::replace(&mut stage, Stage::Done) else {
+                        return Poll::Ready(None);
+                    };
+                    stage = Stage::Upgradable(c.with_upgrades());
+                    continue;
+                }
+                if draining || !gate.idle() || !checks.between_requests() {
+                    return Poll::Pending;
+                }
+                // Idle: an idle hyper connection asked to shut down closes at once, and
+                // `without_shutdown` gives its socket back instead of closing it.
+                std::pin::Pin::new(&mut *c).graceful_shutdown();
+                let Stage::Serving(c) = std::mem::replace(&mut stage, Stage::Done) else {
+                    return Poll::Ready(None);
+                };
+                stage = Stage::Releasing(c);
+            }
+            Stage::Releasing(c) => {
+                return match c.poll_without_shutdown(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => {
+                        stage = Stage::Done;
+                        ended(Err(e))
+                    }
+                    Poll::Ready(Ok(())) => {
+                        let Stage::Releasing(c) = std::mem::replace(&mut stage, Stage::Done) else {
+                            return Poll::Ready(None);
+                        };
+                        Poll::Ready(Some(c.into_parts()))
+                    }
+                };
+            }
+            Stage::Upgradable(c) => {
+                let r = std::task::ready!(std::pin::Pin::new(&mut *c).poll(cx));
+                stage = Stage::Done;
+                return ended(r);
+            }
+            Stage::Done => return Poll::Ready(None),
+        }
+    })
+    .await
 }
 
 /// Serves HTTP/1.1 (with upgrades) on one connection until it ends or the drain asks it to stop
