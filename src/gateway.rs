@@ -344,7 +344,9 @@ impl Gateway {
                 inventory: Arc::clone(&inventory),
             });
             let handler = move |req: http::Request<hyper::body::Incoming>, _peer| {
-                std::future::ready(admin::handle(&state, &req).map(crate::proxy::body::ProxyBody::full))
+                std::future::ready(
+                    admin::handle(&state, &req).map(crate::proxy::body::ProxyBody::full),
+                )
             };
             let mut limits = config.limits.clone();
             limits.max_connections = admin::MAX_CONNECTIONS;
