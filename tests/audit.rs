@@ -13,8 +13,6 @@ use consent_gateway::audit::{Audit, Event, ReloadFacts};
 use consent_gateway::config::{AuditConfig, AuditPath};
 use consent_gateway::metrics::Metrics;
 
-const BIN: &str = env!("CARGO_BIN_EXE_consent-gateway");
-
 fn rotated(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(format!("{}.{n}", path.display()))
 }
@@ -618,114 +616,20 @@ async fn a_full_queue_loses_records_counts_and_tells_them_and_never_holds_a_requ
 // ---------------------------------------------------------------------------------------------
 // The real binary: a directory it cannot write, SIGTERM, standard output.
 
-/// The binary on a config in a temp dir; its JSON log lines (stderr) arrive on `logs`.
-struct Running {
-    child: std::process::Child,
-    logs: std::sync::mpsc::Receiver<serde_json::Value>,
-    /// Lines received and not matched yet (the writer may log before the listeners are up).
-    seen: Vec<serde_json::Value>,
-    http: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Running {
-    fn start(host_file: &str, audit: &str, stdout: std::process::Stdio) -> Running {
-        use std::io::BufRead;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("gateway.toml"),
-            format!("[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[registry]\ndir = \"hosts\"\n{audit}"),
-        )
-        .unwrap();
-        std::fs::create_dir(dir.path().join("hosts")).unwrap();
-        std::fs::write(dir.path().join("hosts/portal.toml"), host_file).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["run", "--log-format", "json", "--config"])
-            .arg(dir.path().join("gateway.toml"))
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(stdout)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, logs) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if tx.send(v).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        let mut r = Running {
-            child,
-            logs,
-            seen: Vec::new(),
-            http: "0.0.0.0:0".parse().unwrap(),
-            admin: "0.0.0.0:0".parse().unwrap(),
-            _dir: dir,
-        };
-        let ready = r.wait_log(|v| v["message"] == "consent-gateway listening");
-        r.http = ready["http"].as_str().unwrap().parse().unwrap();
-        r.admin = ready["admin"].as_str().unwrap().parse().unwrap();
-        r
-    }
-
-    /// The first log line `pred` accepts, among those not matched yet or still to come.
-    fn wait_log(&mut self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        if let Some(at) = self.seen.iter().position(&pred) {
-            return self.seen.remove(at);
+/// A metric's value once it reaches `want` (the writer counts on its own thread), or the last
+/// value after 20 s.
+async fn metric_reaches(gw: &Binary, name: &str, want: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = String::from_utf8(get(gw.admin, "admin", "/metrics", "").await.body).unwrap();
+        let v: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+        if v >= want || tokio::time::Instant::now() > deadline {
+            return v;
         }
-        loop {
-            let v = self
-                .logs
-                .recv_timeout(Duration::from_secs(20))
-                .unwrap_or_else(|e| panic!("expected log line did not come ({e})"));
-            if pred(&v) {
-                return v;
-            }
-            self.seen.push(v);
-        }
-    }
-
-    /// A metric's value once it reaches `want` (the writer counts on its own thread), or panics
-    /// after 20 s with the last value.
-    async fn metric_reaches(&self, name: &str, want: u64) -> u64 {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let text =
-                String::from_utf8(get(self.admin, "admin", "/metrics", "").await.body).unwrap();
-            let v: u64 = text
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
-            if v >= want || tokio::time::Instant::now() > deadline {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -753,12 +657,14 @@ async fn an_unwritable_audit_directory_logs_an_error_and_every_request_is_served
     let up = decisions_origin().await;
     let tmp = tempfile::tempdir().unwrap();
     let log = unwritable_dir(tmp.path()).join("consent-gateway-audit.jsonl");
-    let mut gw = Running::start(
+    let mut gw = Binary::start_with(
         &portal_toml(up, ""),
         &audit_extra(&log, ""),
+        "info",
         std::process::Stdio::null(),
-    );
-    let err = gw.wait_log(|v| v["level"] == "ERROR");
+    )
+    .await;
+    let err = gw.wait_log(|v| v["level"] == "ERROR").await;
     assert_eq!(
         err["message"],
         "cannot open the audit log: records are counted as lost; requests are served as usual",
@@ -771,22 +677,16 @@ async fn an_unwritable_audit_directory_logs_an_error_and_every_request_is_served
         assert_eq!(r.set_cookie_names(), vec!["sessionid"]);
     }
     assert_eq!(
-        gw.metric_reaches("consent_gateway_audit_lost_total", 20)
-            .await,
+        metric_reaches(&gw, "consent_gateway_audit_lost_total", 20).await,
         20
     );
-    assert!(
-        gw.metric_reaches("consent_gateway_audit_write_errors_total", 1)
-            .await
-            >= 1
-    );
+    assert!(metric_reaches(&gw, "consent_gateway_audit_write_errors_total", 1).await >= 1);
     assert_eq!(
-        gw.metric_reaches("consent_gateway_audit_records_total", 0)
-            .await,
+        metric_reaches(&gw, "consent_gateway_audit_records_total", 0).await,
         0
     );
     assert!(!log.exists());
-    assert!(gw.terminate().success());
+    assert!(gw.terminate().await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -794,32 +694,38 @@ async fn sigterm_writes_every_queued_record_before_exit() {
     let up = decisions_origin().await;
     let tmp = tempfile::tempdir().unwrap();
     let log = tmp.path().join("audit.jsonl");
-    let mut gw = Running::start(
+    let mut gw = Binary::start_with(
         &portal_toml(up, ""),
         &audit_extra(&log, ""),
+        "info",
         std::process::Stdio::null(),
-    );
+    )
+    .await;
     const N: usize = 50;
     for i in 0..N {
         let r = get(gw.http, "portal.test", &format!("/t{i}"), "").await;
         assert_eq!(r.status, 200);
     }
-    assert!(gw.terminate().success());
+    assert!(gw.terminate().await.success());
     let recs = records(&log);
     assert_eq!(recs.len(), N, "every record written before exit");
     let out = verify(std::slice::from_ref(&log));
     assert_eq!(out.code, 0, "{}", out.stderr);
     // A restart goes on with the same chain.
-    let mut again = Running::start(
+    let mut again = Binary::start_with(
         &portal_toml(up, ""),
         &audit_extra(&log, ""),
+        "info",
         std::process::Stdio::null(),
-    );
-    let anchored = again.wait_log(|v| v["message"] == "audit log: chain anchored");
+    )
+    .await;
+    let anchored = again
+        .wait_log(|v| v["message"] == "audit log: chain anchored")
+        .await;
     assert_eq!(anchored["from"], log.display().to_string().as_str());
     let r = get(again.http, "portal.test", "/after", "").await;
     assert_eq!(r.status, 200);
-    assert!(again.terminate().success());
+    assert!(again.terminate().await.success());
     let out = verify(std::slice::from_ref(&log));
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
@@ -834,19 +740,23 @@ async fn sigterm_writes_every_queued_record_before_exit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdout_carries_the_records_one_json_object_a_line() {
     let up = decisions_origin().await;
-    let mut gw = Running::start(
+    let mut gw = Binary::start_with(
         &portal_toml(up, ""),
         "[audit]\npath = \"stdout\"\n",
+        "info",
         std::process::Stdio::piped(),
-    );
+    )
+    .await;
     let mut stdout = gw.child.stdout.take().unwrap();
     for i in 0..5 {
         let r = get(gw.http, "portal.test", &format!("/s{i}"), "").await;
         assert_eq!(r.status, 200);
     }
-    assert!(gw.terminate().success());
+    assert!(gw.terminate().await.success());
     let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut stdout, &mut out).unwrap();
+    tokio::io::AsyncReadExt::read_to_end(&mut stdout, &mut out)
+        .await
+        .unwrap();
     let text = String::from_utf8(out).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 6, "{text}");

@@ -11,8 +11,6 @@ use std::process::Command;
 use common::*;
 use consent_gateway::control::live::ReloadResult;
 
-const BIN: &str = env!("CARGO_BIN_EXE_consent-gateway");
-
 fn mkfifo(path: &Path) {
     let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
     assert!(ok, "mkfifo {}", path.display());

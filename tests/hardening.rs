@@ -188,38 +188,6 @@ async fn portal_gateway(limits: &str) -> (consent_gateway::gateway::Gateway, Soc
     (gw, addr, rec)
 }
 
-/// Log lines written while the guard lives, on this thread (tokio tests run the gateway on the
-/// test's own thread).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
-        let logs = Logs::default();
-        let w = logs.clone();
-        let sub = tracing_subscriber::fmt()
-            .with_writer(move || w.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        (logs, tracing::subscriber::set_default(sub))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Request smuggling: ambiguous framing is refused with 400 and close, never forwarded.
 
@@ -690,24 +658,26 @@ async fn connections_over_max_connections_get_503_and_the_others_are_served() {
         .unwrap();
     assert_eq!(statuses(&buf), vec![200]);
     assert_eq!(rec.paths(), ["/first-a", "/second-a", "/first"]);
-    // A closed connection gives its permit back: a new one is served.
+    // A closed connection gives its permit back: once the gateway has seen the close (the open
+    // connections gauge falls, after the permit is back), a new one is served.
     drop(first);
-    let mut fourth = None;
-    for _ in 0..50 {
-        let wire = exchange(
-            addr,
-            b"GET /fourth HTTP/1.1\r\nHost: portal.test\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        if statuses(&wire) == vec![200] {
-            fourth = Some(wire);
-            break;
+    let http = consent_gateway::metrics::ListenerLabel { listener: "http" };
+    let open = || gw.metrics.connections_open.get_or_create(&http).get();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while open() > 1 {
+            tokio::task::yield_now().await;
         }
-        // The worker that served `first` may not have seen its close yet.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        fourth.is_some(),
+    })
+    .await
+    .expect("the gateway sees the close within 5 s");
+    let wire = exchange(
+        addr,
+        b"GET /fourth HTTP/1.1\r\nHost: portal.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        statuses(&wire),
+        vec![200],
         "a permit came back after a connection closed"
     );
     drop(second);

@@ -6,7 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -66,50 +66,26 @@ async fn over_the_admin_limit_only_probes_are_served() {
     assert_eq!(admin(&gw, "/healthz").await.status, 200);
     assert_eq!(admin(&gw, "/metrics").await.status, 503);
     drop(hogs);
-    // The full slots free up once the hogs are gone.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if admin(&gw, "/metrics").await.status == 200 {
-            break;
+    // The full slots free up once the hogs are gone: once the gateway has seen every close (the
+    // open connections gauge falls to 0, after each permit is back), /metrics is served again.
+    let label = consent_gateway::metrics::ListenerLabel { listener: "admin" };
+    let open = || gw.metrics.connections_open.get_or_create(&label).get();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while open() > 0 {
+            tokio::task::yield_now().await;
         }
-        assert!(Instant::now() < deadline, "/metrics never served again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} admin connections still open after 10 s", open()));
+    assert_eq!(
+        admin(&gw, "/metrics").await.status,
+        200,
+        "/metrics served again"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
 // Protocol faults.
-
-/// Log lines written while the guard lives (the gateway's workers log where their starter logs).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
-        let logs = Logs::default();
-        let w = logs.clone();
-        let sub = tracing_subscriber::fmt()
-            .with_writer(move || w.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        (logs, tracing::subscriber::set_default(sub))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// Reads one response off a kept-alive connection: the head, then the body by its
 /// Content-Length or chunked framing. Returns the raw head and the body.

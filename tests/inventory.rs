@@ -15,8 +15,6 @@ use consent_gateway::control::live::ReloadResult;
 use consent_gateway::gateway::Gateway;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_consent-gateway");
-
 /// What the origin sets on every response: a registered necessary cookie, two names the
 /// knowledge base knows (`_ga` exactly, `_hjSessionUser_1234` by the `_hjSessionUser_` prefix)
 /// and one it does not (Django's `messages`). The values are markers that must never show up in

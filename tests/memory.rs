@@ -6,9 +6,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -16,97 +15,39 @@ use http::Response;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_consent-gateway");
-
-struct Running {
-    child: Child,
-    http: SocketAddr,
-    https: Option<SocketAddr>,
-    _dir: tempfile::TempDir,
+/// The gateway binary, quiet but for its own info lines (not one access log line a request).
+async fn start(host_file: &str, extra: &str) -> Binary {
+    Binary::start_with(
+        host_file,
+        extra,
+        "warn,consent_gateway=info,consent_gateway::access=warn",
+        std::process::Stdio::null(),
+    )
+    .await
 }
 
-impl Running {
-    fn start(host_file: &str, extra: &str) -> Running {
-        let listen_https = if extra.contains("[tls]") {
-            "https = \"127.0.0.1:0\"\n"
-        } else {
-            ""
-        };
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("gateway.toml"),
-            format!("[listen]\nhttp = \"127.0.0.1:0\"\n{listen_https}[admin]\nlisten = \"127.0.0.1:0\"\n[registry]\ndir = \"hosts\"\n{extra}"),
-        )
-        .unwrap();
-        std::fs::create_dir(dir.path().join("hosts")).unwrap();
-        std::fs::write(dir.path().join("hosts/portal.toml"), host_file).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["run", "--log-format", "json", "--config"])
-            .arg(dir.path().join("gateway.toml"))
-            .env(
-                "RUST_LOG",
-                "warn,consent_gateway=info,consent_gateway::access=warn",
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<(String, Option<String>)>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["message"] == "consent-gateway listening" {
-                        let _ = tx.send((
-                            v["http"].as_str().unwrap_or_default().to_owned(),
-                            v["https"].as_str().map(str::to_owned),
-                        ));
-                    }
-                }
-            }
-        });
-        let (http, https) = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the gateway did not start");
-        Running {
-            child,
-            http: http.parse().unwrap(),
-            https: https.and_then(|h| h.parse().ok()),
-            _dir: dir,
-        }
-    }
-
-    /// The gateway's resident set, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    /// Waits until the resident set stops growing (two readings 300 ms apart within 1 %), at
-    /// most 20 s; returns it.
-    async fn settled_rss_kib(&self) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut last = self.rss_kib();
-        loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let now = self.rss_kib();
-            if now <= last + last / 100 || Instant::now() > deadline {
-                return now;
-            }
-            last = now;
-        }
-    }
+/// The gateway's resident set, in KiB.
+fn rss_kib(gw: &Binary) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Waits until the resident set stops growing (two readings 300 ms apart within 1 %), at most
+/// 20 s; returns it.
+async fn settled_rss_kib(gw: &Binary) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = rss_kib(gw);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = rss_kib(gw);
+        if now <= last + last / 100 || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
     }
 }
 
@@ -147,14 +88,14 @@ impl hyper::body::Body for Repeat {
 async fn stalled_http1_clients_cost_little_memory() {
     const CLIENTS: usize = 200;
     let up = big_origin().await;
-    let gw = Running::start(&portal_toml(up, ""), "[proxy]\nworkers = 1\n");
+    let gw = start(&portal_toml(up, ""), "[proxy]\nworkers = 1\n").await;
     // Warm up: allocator arenas, pools, the first connections.
     for _ in 0..3 {
         let r = get(gw.http, "portal.test", "/warm", "").await;
         assert_eq!(r.status, 200);
         assert_eq!(r.body.len(), 32 << 20);
     }
-    let before = gw.settled_rss_kib().await;
+    let before = settled_rss_kib(&gw).await;
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         let mut s = TcpStream::connect(gw.http).await.unwrap();
@@ -163,7 +104,7 @@ async fn stalled_http1_clients_cost_little_memory() {
             .unwrap();
         clients.push(s);
     }
-    let after = gw.settled_rss_kib().await;
+    let after = settled_rss_kib(&gw).await;
     let per_client = after.saturating_sub(before) / CLIENTS as u64;
     eprintln!(
         "stalled HTTP/1 clients: RSS {before} KiB -> {after} KiB, {per_client} KiB per client ({CLIENTS} clients)"
@@ -180,7 +121,7 @@ async fn idle_keep_alive_connections_cost_little_memory() {
     // Few enough to fit a default open-files limit of 1024, in this process and the gateway's.
     const CLIENTS: usize = 400;
     let (up, _) = origin(|_req| async { Response::new(full("ok\n")) }).await;
-    let gw = Running::start(&portal_toml(up, ""), "[proxy]\nworkers = 1\n");
+    let gw = start(&portal_toml(up, ""), "[proxy]\nworkers = 1\n").await;
     let request = b"GET / HTTP/1.1\r\nHost: portal.test\r\n\r\n";
     let one = |addr| async move {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -201,12 +142,12 @@ async fn idle_keep_alive_connections_cost_little_memory() {
         warm.push(one(gw.http).await);
     }
     drop(warm);
-    let before = gw.settled_rss_kib().await;
+    let before = settled_rss_kib(&gw).await;
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         clients.push(one(gw.http).await);
     }
-    let after = gw.settled_rss_kib().await;
+    let after = settled_rss_kib(&gw).await;
     let per_client = (after.saturating_sub(before) * 1024) / CLIENTS as u64;
     eprintln!(
         "idle keep-alive HTTP/1.1 clients: RSS {before} KiB -> {after} KiB, {per_client} bytes per client ({CLIENTS} clients)"
@@ -235,19 +176,20 @@ async fn stalled_http2_streams_cost_little_memory() {
         key.serialize_pem(),
     )
     .unwrap();
-    let gw = Running::start(
+    let gw = start(
         &portal_toml(up, ""),
         &format!(
             "[proxy]\nworkers = 1\n[tls]\ncerts_dir = \"{}\"\n",
             dir.path().join("certs").display()
         ),
-    );
+    )
+    .await;
     let https = gw.https.expect("https listener");
     for _ in 0..3 {
         let r = get(gw.http, "portal.test", "/warm", "").await;
         assert_eq!(r.body.len(), 32 << 20);
     }
-    let before = gw.settled_rss_kib().await;
+    let before = settled_rss_kib(&gw).await;
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.der().clone()).unwrap();
@@ -322,7 +264,7 @@ async fn stalled_http2_streams_cost_little_memory() {
     }
     let _ = stop_tx.send(());
     let held = driver.await.unwrap();
-    let after = gw.settled_rss_kib().await;
+    let after = settled_rss_kib(&gw).await;
     let growth = after.saturating_sub(before);
     eprintln!(
         "stalled HTTP/2 client: {opened} streams sent, {answered} answered; RSS {before} KiB -> {after} KiB (+{growth} KiB)"

@@ -318,50 +318,17 @@ async fn tls_origin(
     SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<http::Version>,
 ) {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
-        .map(Result::unwrap)
-        .collect();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let _ = tx.send(req.version());
-                        async move {
-                            Ok::<_, std::convert::Infallible>(
-                                Response::builder()
-                                    .header("set-cookie", "sessionid=o")
-                                    .header("set-cookie", "_ga=o")
-                                    .body(full("secure origin"))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
+    serve_tls(listener, &leaf.cert, &leaf.key, move |req| {
+        let _ = tx.send(req.version());
+        async {
+            Response::builder()
+                .header("set-cookie", "sessionid=o")
+                .header("set-cookie", "_ga=o")
+                .body(full("secure origin"))
+                .unwrap()
         }
     });
     (addr, rx)
@@ -414,41 +381,9 @@ async fn an_upstream_certificate_from_another_ca_is_502() {
 
 /// Serves `secure origin` over TLS with `leaf` on `listener` until the returned task is aborted,
 /// which closes the listener and every connection it accepted (an origin going down).
-fn serve_tls(listener: tokio::net::TcpListener, leaf: &Leaf) -> tokio::task::JoinHandle<()> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
-        .map(Result::unwrap)
-        .collect();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            conns.spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc =
-                    hyper::service::service_fn(|_: http::Request<hyper::body::Incoming>| async {
-                        Ok::<_, std::convert::Infallible>(Response::new(full("secure origin")))
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
+fn secure_origin(listener: tokio::net::TcpListener, leaf: &Leaf) -> tokio::task::JoinHandle<()> {
+    serve_tls(listener, &leaf.cert, &leaf.key, |_| async {
+        Response::new(full("secure origin"))
     })
 }
 
@@ -468,7 +403,7 @@ async fn a_replaced_upstream_ca_is_trusted_after_a_reload() {
     let (ca1, ca2) = (Ca::new("origin CA 1"), Ca::new("origin CA 2"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = listener.local_addr().unwrap();
-    let origin = serve_tls(listener, &ca1.leaf(&["origin.test"]));
+    let origin = secure_origin(listener, &ca1.leaf(&["origin.test"]));
     let bundles = tempfile::tempdir().unwrap();
     let ca_path = bundles.path().join("origin-ca.pem");
     std::fs::write(&ca_path, &ca1.pem).unwrap();
@@ -492,7 +427,7 @@ async fn a_replaced_upstream_ca_is_trusted_after_a_reload() {
     origin.abort();
     let _ = origin.await;
     let listener = tokio::net::TcpListener::bind(up).await.unwrap();
-    let origin = serve_tls(listener, &ca2.leaf(&["origin.test"]));
+    let origin = secure_origin(listener, &ca2.leaf(&["origin.test"]));
     replace_file(&ca_path, &ca2.pem);
     assert_eq!(
         get(http, "portal.test", "/", "").await.status,

@@ -255,8 +255,10 @@ where
                 let (idle, handshake) = (limits.idle_timeout, limits.header_read_timeout);
                 let max_head = limits.max_header_bytes;
                 conns.spawn(async move {
-                    let _permit = permit;
+                    // Dropped in reverse: the permit is back before the gauges fall, so whoever
+                    // sees a connection's close in the gauge can count on its permit.
                     let _open = gauges;
+                    let _permit = permit;
                     let io = IdleIo::new(stream, idle);
                     let stream = match tokio::time::timeout(handshake, acceptor.accept(io)).await {
                         Ok(Ok(s)) => s,

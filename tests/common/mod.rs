@@ -440,3 +440,244 @@ impl Disk {
         }
     }
 }
+
+/// The gateway's own binary, as built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_consent-gateway");
+
+/// The real binary on a config in a temporary directory: `gateway.toml` (the listeners on
+/// 127.0.0.1:0, https too when `extra` has a `[tls]` table; `[registry] dir = "hosts"`; then
+/// `extra`) and `hosts/portal.toml`. It logs JSON on stderr, read line by line as it comes;
+/// [`Binary::start`] returns once it logs that it listens. Killed when dropped.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pid: u32,
+    logs: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    /// Lines received and not matched yet (the gateway may log before the listeners are up).
+    seen: Vec<serde_json::Value>,
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Binary {
+    /// Logs at `info`; standard output goes nowhere.
+    pub async fn start(host_file: &str, extra: &str) -> Binary {
+        Binary::start_with(host_file, extra, "info", std::process::Stdio::null()).await
+    }
+
+    /// [`Binary::start`] with `RUST_LOG` = `rust_log` and standard output to `stdout`.
+    pub async fn start_with(
+        host_file: &str,
+        extra: &str,
+        rust_log: &str,
+        stdout: std::process::Stdio,
+    ) -> Binary {
+        let https = if extra.contains("[tls]") {
+            "https = \"127.0.0.1:0\"\n"
+        } else {
+            ""
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("gateway.toml"),
+            format!(
+                "[listen]\nhttp = \"127.0.0.1:0\"\n{https}[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [registry]\ndir = \"hosts\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("hosts")).unwrap();
+        std::fs::write(dir.path().join("hosts/portal.toml"), host_file).unwrap();
+        let mut child = tokio::process::Command::new(BIN)
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(dir.path().join("gateway.toml"))
+            .env("RUST_LOG", rust_log)
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, logs) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt as _;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => eprintln!("non-JSON log line: {line}"),
+                }
+            }
+        });
+        let mut b = Binary {
+            child,
+            pid,
+            logs,
+            seen: Vec::new(),
+            http: "0.0.0.0:0".parse().unwrap(),
+            https: None,
+            admin: "0.0.0.0:0".parse().unwrap(),
+            dir,
+        };
+        let ready = b
+            .wait_log(|v| v["message"] == "consent-gateway listening")
+            .await;
+        b.http = ready["http"].as_str().unwrap().parse().unwrap();
+        b.https = ready["https"].as_str().and_then(|h| h.parse().ok());
+        b.admin = ready["admin"].as_str().unwrap().parse().unwrap();
+        b
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The first log line `pred` accepts, among those not matched yet or still to come; panics
+    /// after 20 s without one.
+    pub async fn wait_log(
+        &mut self,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        if let Some(at) = self.seen.iter().position(&pred) {
+            return self.seen.remove(at);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = match tokio::time::timeout_at(deadline, self.logs.recv()).await {
+                Ok(Some(v)) => v,
+                Ok(None) => panic!(
+                    "the gateway closed its log before the expected line; status: {:?}",
+                    self.child.wait().await
+                ),
+                Err(_) => panic!(
+                    "expected log line did not come within 20 s; status: {:?}",
+                    self.child.try_wait()
+                ),
+            };
+            if pred(&v) {
+                return v;
+            }
+            if v["level"] == "ERROR" {
+                eprintln!("gateway logged an error: {v}");
+            }
+            self.seen.push(v);
+        }
+    }
+
+    /// Sends signal `sig` (`TERM`, `HUP`, ...).
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the exit (at most 20 s) and returns its status.
+    pub async fn exit_status(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("the gateway exits within 20 s")
+            .unwrap()
+    }
+
+    /// SIGTERM, then the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.exit_status().await
+    }
+}
+
+/// Log lines written while the guard lives, on this thread (tokio tests run an in-process
+/// gateway's workers where their starter logs).
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Captures `INFO` and above, as plain text.
+    pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let w = logs.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        (logs, tracing::subscriber::set_default(sub))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Serves `handler` over TLS (certificate chain and key in PEM; ALPN `h2` and `http/1.1`) on
+/// `listener` until the returned task is aborted, which closes the listener and every
+/// connection it accepted (an origin going down).
+pub fn serve_tls<H, F>(
+    listener: TcpListener,
+    cert_pem: &str,
+    key_pem: &str,
+    handler: H,
+) -> tokio::task::JoinHandle<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<OriginBody>> + Send + 'static,
+{
+    use rustls::pki_types::pem::PemObject as _;
+    let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
+            conns.spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+            });
+        }
+    })
+}
