@@ -465,7 +465,7 @@ async fn forward(
         let _ = conn.await;
     });
     let (parts, body) = sender.send_request(req).await?.into_parts();
-    let body = ProxyBody::Upstream(IdleBody::new(body, Duration::from_secs(60)));
+    let body = ProxyBody::Upstream(IdleBody::new(body, Duration::from_secs(60)), None);
     Ok(Response::from_parts(parts, body))
 }
 

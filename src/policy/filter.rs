@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use http::header::{COOKIE, SET_COOKIE, VARY};
+use http::header::{Entry, CONNECTION, COOKIE, SET_COOKIE, TRAILER, VARY};
 use http::{HeaderMap, HeaderValue};
 
 use crate::policy::consent::Consent;
@@ -406,6 +406,53 @@ pub fn deletions(name: &[u8], entry: Option<&CookieEntry>, host_domains: &[&str]
             v
         })
         .collect()
+}
+
+/// Removes every `Set-Cookie` field (any case: header names are lower-cased when read) from an
+/// upstream's trailer section or 1xx head and returns them. SPEC, Trailers: such a cookie is
+/// never forwarded, whatever the consent, since no decision was made on it at the response head
+/// (and an HTTP/1.1 client would not get it anyway: hyper never writes `Set-Cookie` in trailers).
+pub fn take_set_cookies(fields: &mut HeaderMap) -> Vec<HeaderValue> {
+    match fields.entry(SET_COOKIE) {
+        Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
+        Entry::Vacant(_) => Vec::new(),
+    }
+}
+
+/// The `Trailer` field to forward in a downstream response head: the names the upstream's
+/// `Trailer` field(s) announce, without `Set-Cookie` (never forwarded in trailers); `None` when
+/// none is left, or when the upstream's `Connection` names `Trailer` (hop-by-hop then).
+///
+/// hyper writes trailers to an HTTP/1.1 client only for the names the response head's `Trailer`
+/// field announces (and only when the request said `TE: trailers`), so the field must survive
+/// the removal of hop-by-hop headers for the other trailer fields to pass.
+pub fn trailer_announcement(headers: &HeaderMap) -> Option<HeaderValue> {
+    let is_hop = headers.get_all(CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailer"))
+    });
+    if is_hop {
+        return None;
+    }
+    let mut out: Vec<u8> = Vec::new();
+    for name in headers
+        .get_all(TRAILER)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case(b"set-cookie"))
+    {
+        if !out.is_empty() {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(name);
+    }
+    if out.is_empty() {
+        return None;
+    }
+    // Pieces of valid header values joined by ", ": a valid value too.
+    HeaderValue::from_bytes(&out).ok()
 }
 
 /// Adds `Cookie` to `Vary`, merged with what is there: left alone when `Vary` already names
@@ -1012,6 +1059,51 @@ mod tests {
                 .map(|v| v.to_str().unwrap().to_owned())
                 .collect();
             assert_eq!(got, vec![want.to_owned()], "{existing:?}");
+        }
+    }
+
+    #[test]
+    fn trailer_set_cookies_are_all_taken() {
+        let mut h = HeaderMap::new();
+        h.append(SET_COOKIE, HeaderValue::from_static("_ga=1"));
+        h.append("x-checksum", HeaderValue::from_static("abc"));
+        h.append(SET_COOKIE, HeaderValue::from_static("ads=2; Path=/"));
+        let taken = take_set_cookies(&mut h);
+        assert_eq!(taken, vec!["_ga=1", "ads=2; Path=/"]);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.get("x-checksum").unwrap(), "abc");
+        assert!(take_set_cookies(&mut h).is_empty());
+    }
+
+    #[test]
+    fn the_trailer_announcement_loses_set_cookie() {
+        type Fields<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(Fields<'_>, Option<&str>); 6] = [
+            (&[("trailer", "X-Checksum, Set-Cookie")], Some("X-Checksum")),
+            (
+                &[("trailer", "SET-COOKIE,x-a"), ("trailer", "x-b")],
+                Some("x-a, x-b"),
+            ),
+            (&[("trailer", "Set-Cookie")], None),
+            (&[("trailer", " , ")], None),
+            (&[], None),
+            // Named by Connection: hop-by-hop, not forwarded.
+            (
+                &[("connection", "keep-alive, Trailer"), ("trailer", "x-a")],
+                None,
+            ),
+        ];
+        for (fields, want) in cases {
+            let mut h = HeaderMap::new();
+            for (n, v) in fields {
+                h.append(*n, HeaderValue::from_str(v).unwrap());
+            }
+            let got = trailer_announcement(&h);
+            assert_eq!(
+                got.as_ref().map(|v| v.to_str().unwrap()),
+                want,
+                "{fields:?}"
+            );
         }
     }
 }

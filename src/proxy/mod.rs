@@ -31,7 +31,7 @@ use crate::policy::decide::Verdict;
 use crate::policy::filter::{add_vary_cookie, filter_response, strip_request, Exchange, Summary};
 use crate::policy::jar::RequestUrl;
 use crate::policy::registry::{HostPolicy, Mode};
-use crate::proxy::body::{IdleBody, ProxyBody};
+use crate::proxy::body::{IdleBody, ProxyBody, SideDoor};
 use crate::proxy::error::ProxyError;
 use upstream::{UpstreamClient, Upstreams};
 
@@ -255,27 +255,30 @@ impl Proxy {
         self.counters.request(&self.metrics, host, code);
         let (parts, body) = response.into_parts();
         let body = match body {
-            ProxyBody::Upstream(b) => {
+            ProxyBody::Upstream(b, side_door) => {
                 let metrics = Arc::clone(&self.metrics);
                 let (host, method, uri) =
                     (host.to_owned(), flight.method.clone(), flight.uri.clone());
                 let start = flight.start;
-                ProxyBody::Upstream(b.on_abandon(Box::new(move || {
-                    tracing::info!(
-                        target: "consent_gateway::access",
-                        host,
-                        method = %method,
-                        path = uri.path(),
-                        status = 499u16,
-                        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-                        peer = %peer,
-                        "client abandoned the response body (the response head was {code})"
-                    );
-                    metrics
-                        .client_aborts
-                        .get_or_create(&HostLabel { host })
-                        .inc();
-                })))
+                ProxyBody::Upstream(
+                    b.on_abandon(Box::new(move || {
+                        tracing::info!(
+                            target: "consent_gateway::access",
+                            host,
+                            method = %method,
+                            path = uri.path(),
+                            status = 499u16,
+                            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+                            peer = %peer,
+                            "client abandoned the response body (the response head was {code})"
+                        );
+                        metrics
+                            .client_aborts
+                            .get_or_create(&HostLabel { host })
+                            .inc();
+                    })),
+                    side_door,
+                )
             }
             other => other,
         };
@@ -320,6 +323,10 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let side = strip_request(policy, &consent, &mut parts.headers);
         strip_hop_by_hop(&mut parts.headers);
+        // Trailers reach an HTTP/2 client, and an HTTP/1.1 client that said `TE: trailers` (the
+        // only TE value left now): the response head then keeps its `Trailer` field.
+        let takes_trailers =
+            downstream_version == http::Version::HTTP_2 || parts.headers.contains_key(header::TE);
         parts.headers.remove(header::EXPECT);
         if let Some(proto) = &upgrade {
             parts
@@ -351,10 +358,29 @@ impl Proxy {
         // `upstream_response_timeout` bounds the wait for the response head once the request
         // has been sent: a slow upload is bounded by `idle_timeout` between its frames instead.
         let (sent_tx, sent) = tokio::sync::oneshot::channel();
-        let upstream_req = Request::from_parts(
+        let mut upstream_req = Request::from_parts(
             parts,
             IdleBody::new(body, self.limits.idle_timeout).notify_end(sent_tx),
         );
+        // A cookie outside the response head is never forwarded (SPEC, Trailers): the body
+        // removes the trailers' ([`ProxyBody`]). hyper's client reads 1xx responses and passes
+        // none on (and its server sends no 1xx but its own 100 Continue), so a 1xx's cookies
+        // never reach the client; this hook only counts and logs those of an HTTP/1.1 upstream
+        // (the HTTP/2 library skips an HTTP/2 upstream's 1xx without showing them).
+        let side_door = SideDoor {
+            metrics: Arc::clone(&self.metrics),
+            policy: Arc::clone(policy),
+        };
+        let informational = side_door.clone();
+        hyper::ext::on_informational(&mut upstream_req, move |res| {
+            let cookies: Vec<HeaderValue> = res
+                .headers()
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .cloned()
+                .collect();
+            informational.dropped(&cookies, "1xx");
+        });
 
         let client = self.upstreams.client_for(policy).map_err(|e| {
             tracing::error!(host = %policy.name, "cannot build the upstream client: {e}");
@@ -405,7 +431,15 @@ impl Proxy {
         } else {
             None
         };
+        let trailer = if takes_trailers && parts.headers.contains_key(header::TRAILER) {
+            crate::policy::filter::trailer_announcement(&parts.headers)
+        } else {
+            None
+        };
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(t) = trailer {
+            parts.headers.insert(header::TRAILER, t);
+        }
         // An intermediary sends its own version (RFC 9110 §6.2): an HTTP/1.0 (or HTTP/2)
         // upstream must not turn the client's HTTP/1.1 connection into a closing HTTP/1.0 one.
         // hyper itself answers an HTTP/1.0 client in HTTP/1.0.
@@ -606,7 +640,10 @@ impl Proxy {
         }
         Ok(Response::from_parts(
             parts,
-            ProxyBody::Upstream(IdleBody::new(body, self.limits.idle_timeout)),
+            ProxyBody::Upstream(
+                IdleBody::new(body, self.limits.idle_timeout),
+                Some(side_door),
+            ),
         ))
     }
 

@@ -25,6 +25,8 @@ use consent_gateway::config::{compile_registry, parse_gateway};
 use consent_gateway::control::live::ReloadResult;
 use consent_gateway::gateway::Gateway;
 
+pub mod tls;
+
 pub type OriginBody = BoxBody<Bytes, hyper::Error>;
 
 pub fn full(b: impl Into<Bytes>) -> OriginBody {
