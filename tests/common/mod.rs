@@ -615,6 +615,7 @@ impl std::io::Write for Logs {
 impl Logs {
     /// Captures `INFO` and above, as plain text.
     pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        pin_callsite_interest();
         let logs = Logs::default();
         let w = logs.clone();
         let sub = tracing_subscriber::fmt()
@@ -628,6 +629,21 @@ impl Logs {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
+}
+
+/// Makes a thread-local log capture ([`Logs::capture`]) see every line, in a test binary whose
+/// other tests run a gateway without one.
+///
+/// tracing caches each callsite's interest for the whole process, computed when the callsite is
+/// first hit; while at most one dispatcher is registered it asks only the hitting thread's
+/// default (tracing-core 0.1.36, `Rebuilder::JustOne`). A parallel test's gateway thread, with
+/// no subscriber, would then pin a callsite that the capturing test asserts on to "never" (the
+/// 499 line of hostile.rs's abandoned-request test went missing now and then). A second
+/// dispatcher, registered for the whole process, makes every callsite registration ask all
+/// registered dispatchers.
+fn pin_callsite_interest() {
+    static PIN: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    PIN.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
 }
 
 /// Serves `handler` over TLS (certificate chain and key in PEM; ALPN `h2` and `http/1.1`) on
