@@ -5,6 +5,12 @@
 //! expired by the gateway; necessary cookies present throughout. Screenshots of the three states
 //! are written to `<target>/browser-screenshots/` and their paths printed.
 //!
+//! The page is loaded under a host name, `www.portal.test` (Chromium's host resolver maps it, and
+//! only it, to 127.0.0.1: no other name resolves), so that the analytics script can write its
+//! Google Analytics cookies with `Domain=portal.test` as gtag.js does; a `Domain` attribute is
+//! not allowed on an IP host. Withdrawing consent must leave no `_ga` in Chromium's jar under
+//! any domain.
+//!
 //! Never skipped: without Chromium the test fails and says how to install it (`.ci/run` does).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,6 +26,11 @@ use serde_json::{json, Value};
 
 /// The whole test's budget.
 const BUDGET: Duration = Duration::from_secs(60);
+
+/// The page's host name, mapped to loopback in Chromium, and its registrable domain: where the
+/// analytics script writes `_ga` (gtag.js's `cookie_domain: 'auto'`).
+const PAGE_HOST: &str = "www.portal.test";
+const COOKIE_DOMAIN: &str = "portal.test";
 
 fn chromium() -> PathBuf {
     let candidates = [
@@ -81,6 +92,10 @@ impl Browser {
                 "--use-mock-keychain",
                 "--window-size=1200,900",
                 "--remote-debugging-pipe",
+                // Traffic stays on loopback: the page's name goes to 127.0.0.1, no other name
+                // resolves, and an http:// navigation is not tried over https first.
+                &format!("--host-resolver-rules=MAP {PAGE_HOST} 127.0.0.1, MAP * ~NOTFOUND"),
+                "--disable-features=HttpsUpgrades",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
@@ -244,6 +259,23 @@ impl Browser {
         self.wait_load();
     }
 
+    /// Every cookie in the browser's jar, whatever its domain: (name, domain as stored: a leading
+    /// dot for a `Domain` cookie).
+    fn jar(&mut self) -> Vec<(String, String)> {
+        let r = self.browser_call("Storage.getCookies", json!({}));
+        r["cookies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_owned(),
+                    c["domain"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
     /// Every cookie the browser holds for the page, `HttpOnly` ones included.
     fn cookie_names(&mut self) -> Vec<String> {
         let r = self.call("Network.getCookies", json!({}));
@@ -331,9 +363,11 @@ fn is_analytics(name: &str) -> bool {
 fn consent_banner_accept_then_withdraw_in_chromium() {
     let deadline = Instant::now() + BUDGET;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let demo = rt.block_on(consent_gateway::cli::demo::start(0)).unwrap();
+    let demo = rt
+        .block_on(consent_gateway::cli::demo::start_for(0, &[PAGE_HOST]))
+        .unwrap();
     // The demo's front address: it forwards to the gateway and records what the gateway sent.
-    let url = format!("http://{}/", demo.open);
+    let url = format!("http://{PAGE_HOST}:{}/", demo.open.port());
     let shots = screenshot_dir();
     let mut b = Browser::launch(deadline);
     // The page is judged at 1280x1000 CSS pixels (the banner must not cover content there).
@@ -413,6 +447,20 @@ fn consent_banner_accept_then_withdraw_in_chromium() {
         !received.iter().any(|(_, del)| *del),
         "after accept, no deletion: {received:?}"
     );
+    // The analytics script wrote Google Analytics' cookies on the registrable domain, as gtag.js
+    // does, beside the portal's host-only `_ga`: the purge must reach both.
+    let jar = b.jar();
+    let dot_domain = format!(".{COOKIE_DOMAIN}");
+    for n in ["_ga", consent_gateway::cli::demo::JS_COOKIE] {
+        assert!(
+            jar.iter().any(|(name, d)| name == n && *d == dot_domain),
+            "after accept: {n} on Domain={COOKIE_DOMAIN} in {jar:?}"
+        );
+    }
+    assert!(
+        jar.iter().any(|(name, d)| name == "_ga" && d == PAGE_HOST),
+        "after accept: the portal's host-only _ga in {jar:?}"
+    );
     b.screenshot(&shots.join("2-accepted.png"));
 
     // 3. Withdraw: "Necessary only" from the settings. On the reload the browser sends the
@@ -463,6 +511,14 @@ fn consent_banner_accept_then_withdraw_in_chromium() {
         "the portal's lines the gateway dropped"
     );
     b.screenshot(&shots.join("3-withdrawn.png"));
+    // Not only the cookies sent to this page: none is left in the jar under any domain.
+    let jar = b.jar();
+    let left_in_jar: Vec<&(String, String)> =
+        jar.iter().filter(|(name, _)| is_analytics(name)).collect();
+    assert!(
+        left_in_jar.is_empty(),
+        "after withdrawal, analytics cookies remain in Chromium's jar: {left_in_jar:?}"
+    );
     assert!(
         left.is_empty(),
         "after withdrawal, analytics cookies remain: {left:?}"

@@ -40,10 +40,17 @@ pub const ORIGIN_SET_COOKIES: [&str; 9] = [
     "tracker_id=third-party-42; Path=/; Max-Age=31536000",
 ];
 
-/// The registry file of the demo portal (its upstream filled in at start).
-pub fn registry_toml(origin: SocketAddr) -> String {
+/// The registry file of the demo portal (its upstream filled in at start), for `127.0.0.1`,
+/// `localhost` and `extra_hosts`.
+pub fn registry_toml(origin: SocketAddr, extra_hosts: &[&str]) -> String {
+    let hosts: String = ["127.0.0.1", "localhost"]
+        .iter()
+        .chain(extra_hosts)
+        .map(|h| format!("{h:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
-        r#"hosts = ["127.0.0.1", "localhost"]
+        r#"hosts = [{hosts}]
 upstream = "http://{origin}"
 mode = "enforce"
 unknown_cookies = "drop"
@@ -125,6 +132,13 @@ pub const JS_COOKIE: &str = "_ga_JSDEMO1";
 /// writes Google Analytics and Matomo cookies from JavaScript when they are granted. When they are
 /// not, it writes nothing and deletes nothing: removing what the browser still holds is the
 /// gateway's purge.
+///
+/// Google Analytics' cookies are written as gtag.js writes them with its default
+/// `cookie_domain: 'auto'`: on the highest domain of the page's host that the browser accepts
+/// (found by writing a probe cookie from the top label down: the registrable domain, e.g.
+/// `Domain=portal.test` for `www.portal.test`), host-only on an IP address or a single-label
+/// host; and `_ga` is written again on every page, as gtag refreshes its expiry. Matomo's are
+/// host-only, as matomo.js writes them by default.
 const ANALYTICS_JS: &str = r#"// Sample analytics: writes cookies from JavaScript when cookies_preferences allows it.
 (function () {
   "use strict";
@@ -135,13 +149,26 @@ const ANALYTICS_JS: &str = r#"// Sample analytics: writes cookies from JavaScrip
   var prefs = {};
   try { prefs = JSON.parse(decodeURIComponent(read("cookies_preferences") || "{}")) || {}; } catch (e) { prefs = {}; }
   var now = Math.floor(Date.now() / 1000);
-  function set(name, value, maxAge) {
-    document.cookie = name + "=" + value + "; Path=/; Max-Age=" + maxAge + "; SameSite=Lax";
+  function set(name, value, maxAge, domain) {
+    document.cookie = name + "=" + value + "; Path=/; Max-Age=" + maxAge + "; SameSite=Lax" + (domain ? "; Domain=" + domain : "");
+  }
+  // gtag.js's cookie_domain 'auto': the first domain, from the top label down, that takes a cookie.
+  function autoDomain() {
+    var host = location.hostname;
+    if (host.indexOf(".") < 0 || /^[0-9.]+$/.test(host) || host.indexOf(":") >= 0) return null;
+    var labels = host.split(".");
+    for (var i = labels.length - 1; i >= 0; i--) {
+      var d = labels.slice(i).join(".");
+      set("_demo_probe", "1", 10, d);
+      if (read("_demo_probe") === "1") { set("_demo_probe", "", 0, d); return d; }
+    }
+    return null;
   }
   var wrote = [];
   if (prefs.ga === true) {
-    if (read("_ga") === null) { set("_ga", "GA1.1." + Math.floor(Math.random() * 1e9) + "." + now, 63072000); wrote.push("_ga"); }
-    set("JSCOOKIE", "GS1.1." + now + ".1.0." + now + ".0.0.0", 63072000); wrote.push("JSCOOKIE");
+    var domain = autoDomain();
+    set("_ga", read("_ga") || "GA1.1." + Math.floor(Math.random() * 1e9) + "." + now, 63072000, domain); wrote.push("_ga");
+    set("JSCOOKIE", "GS1.1." + now + ".1.0." + now + ".0.0.0", 63072000, domain); wrote.push("JSCOOKIE");
   }
   if (prefs.matomo === true && read("_pk_id.1.1fff") === null) {
     set("_pk_id.1.1fff", Math.floor(Math.random() * 1e15).toString(16) + "." + now + ".", 33696000); wrote.push("_pk_id.1.1fff");
@@ -521,6 +548,15 @@ impl Demo {
 /// gateway, on loopback. The recorder (the address to open) listens on `port`, or on any free
 /// port when `port` is 0 or taken; the gateway and the portal on free ports.
 pub async fn start(port: u16) -> Result<Demo, crate::gateway::StartError> {
+    start_for(port, &[]).await
+}
+
+/// [`start`] with the registry also naming `extra_hosts` (host names mapped to loopback, such as
+/// the browser test's `www.portal.test`, under which cookies can have a `Domain`).
+pub async fn start_for(
+    port: u16,
+    extra_hosts: &[&str],
+) -> Result<Demo, crate::gateway::StartError> {
     let origin_listener = TcpListener::bind("127.0.0.1:0").await?;
     let origin = origin_listener.local_addr()?;
     let (origin_stop, stop_rx) = watch::channel(false);
@@ -535,7 +571,7 @@ pub async fn start(port: u16) -> Result<Demo, crate::gateway::StartError> {
     ));
 
     let file = PathBuf::from("demo/hosts/demo.toml");
-    let registry = compile_registry(&[(file, registry_toml(origin))])
+    let registry = compile_registry(&[(file, registry_toml(origin, extra_hosts))])
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
     let config = GatewayConfig {
         file: PathBuf::from("demo/gateway.toml"),
