@@ -601,8 +601,15 @@ impl Writer {
                 f.len += 1;
                 tracing::warn!(file = %f.path.display(), "audit log ended in a torn line (the gateway stopped while writing it); the chain goes on from the last whole record");
             }
-            let (anchor, from) = match tail.and_then(|(t, p)| t.hash.map(|h| (h, p))) {
-                Some((h, p)) => (h, p.display().to_string()),
+            let (anchor, from) = match tail {
+                Some((Tail { hash: Some(h), .. }, p)) => (h, p.display().to_string()),
+                Some((Tail { hash: None, .. }, p)) => {
+                    tracing::warn!(file = %p.display(), "audit log: the file's last whole line is not an audit record (another file at this path?); a new chain starts from a random value and `audit verify` will stop at the first line");
+                    (
+                        random_anchor(),
+                        "a random value (no audit record to go on from)".to_owned(),
+                    )
+                }
                 None => (random_anchor(), "a random value (new log)".to_owned()),
             };
             tracing::info!(file = %f.path.display(), anchor = %anchor, from = %from, "audit log: chain anchored");
