@@ -15,8 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::record::{
@@ -36,23 +35,81 @@ const BATCH_BYTES: usize = 256 << 10;
 const TAIL_BYTES: u64 = 1 << 20;
 /// How long the writer sleeps waiting for records before it records pending losses.
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// How long the writer lets records gather once the first one is queued, before it writes them
+/// all at once: one wake-up and one `write(2)` per batch instead of per record. This is the most
+/// a record waits in the queue (besides the time the writer needs for the records before it).
+pub const GATHER: Duration = Duration::from_millis(10);
+/// Records queued that end a gathering early (or half the queue, if smaller).
+const WAKE_AT: usize = 512;
 
-enum Msg {
-    Event(Event),
-    /// Write everything queued before it, then answer.
-    Flush(tokio::sync::oneshot::Sender<()>),
+/// What the writer is doing, so that the request path wakes it only when it must.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for a record: the first one queued wakes it.
+    Idle,
+    /// Letting records gather (until [`GATHER`] has passed): only the `wake_at`-th wakes it.
+    Gathering,
+    /// Working, or already woken: nobody needs to wake it.
+    Busy,
+}
+
+/// The queue between the request path and the writer.
+struct Queue {
+    events: Vec<Event>,
+    /// Flushes asked for: answered once every record queued before them is written.
+    flushes: Vec<tokio::sync::oneshot::Sender<()>>,
     /// Write everything queued, then stop.
-    Stop,
+    stop: bool,
+    /// The writer is gone: nothing is taken any more.
+    closed: bool,
+    state: State,
+}
+
+impl Queue {
+    /// Something to write or answer.
+    fn has_work(&self) -> bool {
+        !self.events.is_empty() || !self.flushes.is_empty() || self.stop
+    }
+
+    /// Something that should not wait for the gathering to end.
+    fn urgent(&self) -> bool {
+        !self.flushes.is_empty() || self.stop
+    }
 }
 
 struct Shared {
-    tx: SyncSender<Msg>,
+    queue: Mutex<Queue>,
+    /// The writer waits on it; see [`State`] for who notifies it.
+    wake: Condvar,
+    /// Records the queue holds.
+    capacity: usize,
+    /// Records queued that end a gathering.
+    wake_at: usize,
     /// Records dropped because the queue was full, not yet told in a `loss` record.
     queue_lost: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
-/// The request path's and the reloader's handle: cheap to clone, never blocks.
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the queue and wakes the writer unless it is working or already woken.
+    fn control(&self, change: impl FnOnce(&mut Queue)) {
+        let mut q = self.lock();
+        change(&mut q);
+        let wake = q.state != State::Busy;
+        q.state = State::Busy;
+        drop(q);
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// The request path's and the reloader's handle: cheap to clone, never blocks (it takes a lock
+/// held only to push or to swap the queue out, never while writing).
 #[derive(Clone)]
 pub struct Sink {
     shared: Arc<Shared>,
@@ -61,9 +118,26 @@ pub struct Sink {
 impl Sink {
     /// Queues a record; when the queue is full it is counted as lost instead.
     pub fn record(&self, event: Event) {
-        if self.shared.tx.try_send(Msg::Event(event)).is_err() {
-            self.shared.queue_lost.fetch_add(1, Ordering::Relaxed);
-            self.shared.metrics.audit_lost.inc();
+        let shared = &*self.shared;
+        let mut q = shared.lock();
+        if q.closed || q.events.len() >= shared.capacity {
+            drop(q);
+            shared.queue_lost.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.audit_lost.inc();
+            return;
+        }
+        q.events.push(event);
+        let wake = match q.state {
+            State::Idle => true,
+            State::Gathering => q.events.len() >= shared.wake_at,
+            State::Busy => false,
+        };
+        if wake {
+            q.state = State::Busy;
+        }
+        drop(q);
+        if wake {
+            shared.wake.notify_one();
         }
     }
 }
@@ -121,9 +195,18 @@ impl Audit {
         generation: u64,
         registry_digest: &str,
     ) -> std::io::Result<Audit> {
-        let (tx, rx) = sync_channel(config.queue);
+        let capacity = config.queue.max(1);
         let shared = Arc::new(Shared {
-            tx,
+            queue: Mutex::new(Queue {
+                events: Vec::new(),
+                flushes: Vec::new(),
+                stop: false,
+                closed: false,
+                state: State::Busy,
+            }),
+            wake: Condvar::new(),
+            capacity,
+            wake_at: WAKE_AT.min(capacity / 2).max(1),
             queue_lost: AtomicU64::new(0),
             metrics,
         });
@@ -163,10 +246,12 @@ impl Audit {
         };
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let thread_hold = Arc::clone(&hold);
+        let gone = Gone(Arc::clone(&shared));
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                tracing::dispatcher::with_default(&dispatch, || writer.run(&rx, &thread_hold));
+                tracing::dispatcher::with_default(&dispatch, || writer.run(&thread_hold));
+                drop(gone);
                 let _ = done_tx.send(());
             })?;
         Ok(Audit {
@@ -184,9 +269,12 @@ impl Audit {
     /// Waits until every record queued before this call is written (or has failed).
     pub async fn flush(&self) {
         let (ack, written) = tokio::sync::oneshot::channel();
-        let tx = self.sink.shared.tx.clone();
-        let sent = tokio::task::spawn_blocking(move || tx.send(Msg::Flush(ack)).is_ok()).await;
-        if matches!(sent, Ok(true)) {
+        let mut gone = false;
+        self.sink.shared.control(|q| match q.closed {
+            true => gone = true,
+            false => q.flushes.push(ack),
+        });
+        if !gone {
             let _ = written.await;
         }
     }
@@ -202,19 +290,11 @@ impl Audit {
     /// Drains the queue and stops the writer, waiting until `deadline` at most. Returns whether
     /// everything queued was written in time.
     pub async fn close(mut self, deadline: tokio::time::Instant) -> bool {
-        let tx = self.sink.shared.tx.clone();
-        let stop = tokio::task::spawn_blocking(move || {
-            let _ = tx.send(Msg::Stop);
-        });
+        self.sink.shared.control(|q| q.stop = true);
         let Some(done) = self.done.take() else {
             return true;
         };
-        let drained = tokio::time::timeout_at(deadline, async {
-            let _ = stop.await;
-            let _ = done.await;
-        })
-        .await
-        .is_ok();
+        let drained = tokio::time::timeout_at(deadline, done).await.is_ok();
         if !drained {
             tracing::error!("audit log: the queue was not drained within shutdown_grace; records still queued are lost");
         }
@@ -226,7 +306,25 @@ impl Drop for Audit {
     fn drop(&mut self) {
         // Not closed (a test or an error path): stop the writer without waiting.
         if self.done.is_some() {
-            let _ = self.sink.shared.tx.try_send(Msg::Stop);
+            self.sink.shared.control(|q| q.stop = true);
+        }
+    }
+}
+
+/// Dropped when the writer thread ends (also by a panic): the queue is closed, so that records
+/// are counted as lost and flushes are not waited for.
+struct Gone(Arc<Shared>);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        let mut q = self.0.lock();
+        q.closed = true;
+        q.flushes.clear();
+        let left = q.events.len() as u64;
+        q.events.clear();
+        drop(q);
+        if left > 0 {
+            self.0.metrics.audit_lost.inc_by(left);
         }
     }
 }
@@ -375,82 +473,120 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: &Receiver<Msg>, hold: &Hold) {
+    fn run(mut self, hold: &Hold) {
         // The start record goes out now, not with the first event.
         if self.ready() {
             self.emit_pending();
             self.commit();
         }
+        let shared = Arc::clone(&self.shared);
+        let mut events: Vec<Event> = Vec::new();
+        let mut flushes = Vec::new();
         loop {
-            let msg = match rx.recv_timeout(IDLE_TICK) {
-                Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => {
+            let mut q = shared.lock();
+            while !q.has_work() {
+                q.state = State::Idle;
+                let (back, waited) = shared
+                    .wake
+                    .wait_timeout(q, IDLE_TICK)
+                    .unwrap_or_else(|p| p.into_inner());
+                q = back;
+                if waited.timed_out() && !q.has_work() {
                     // Idle: the start record if the log would not open before, and losses that
                     // happened since the last record.
+                    q.state = State::Busy;
+                    drop(q);
                     if (self.start.is_some() || self.has_losses()) && self.ready() {
                         self.emit_pending();
                         self.commit();
                     }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            hold.wait();
-            let mut stop = self.handle(msg);
-            while !stop {
-                match rx.try_recv() {
-                    Ok(m) => stop = self.handle(m),
-                    Err(_) => break,
+                    q = shared.lock();
                 }
             }
-            self.commit();
-            if stop {
-                while let Ok(m) = rx.try_recv() {
-                    self.handle(m);
+            // Let more records come, so that they are written together.
+            if !q.urgent() && q.events.len() < shared.wake_at {
+                q.state = State::Gathering;
+                let until = Instant::now() + GATHER;
+                loop {
+                    let now = Instant::now();
+                    if q.urgent() || q.events.len() >= shared.wake_at || now >= until {
+                        break;
+                    }
+                    q = shared
+                        .wake
+                        .wait_timeout(q, until - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
                 }
-                self.commit();
+            }
+            q.state = State::Busy;
+            drop(q);
+            hold.wait();
+            let stop = self.take(&shared, &mut events, &mut flushes);
+            self.write(&mut events, &mut flushes);
+            if stop {
+                // Whatever was queued while the last batch was written.
+                self.take(&shared, &mut events, &mut flushes);
+                self.write(&mut events, &mut flushes);
                 break;
             }
         }
         self.close();
     }
 
-    /// Handles one message; true to stop.
-    fn handle(&mut self, msg: Msg) -> bool {
-        match msg {
-            Msg::Event(e) => {
-                if !self.ready() {
-                    self.loss.write_error += 1;
-                    self.loss.lost += 1;
-                    self.shared.metrics.audit_lost.inc();
-                    return false;
-                }
-                self.emit_pending();
-                let seq = self.next_seq();
-                let c = canonical_event(
-                    Stamp {
-                        seq,
-                        time_ms: e.time_ms(),
-                        replica: &self.replica,
-                    },
-                    &e,
-                );
-                self.append(&c);
-                self.batch.events += 1;
-                if self.batch.bytes.len() >= BATCH_BYTES {
-                    self.commit();
-                }
-                false
-            }
-            Msg::Flush(ack) => {
-                if self.has_losses() && self.ready() {
-                    self.emit_pending();
-                }
-                self.commit();
-                let _ = ack.send(());
-                false
-            }
-            Msg::Stop => true,
+    /// Takes everything queued (leaving `events`' empty buffer in its place); true to stop.
+    fn take(
+        &self,
+        shared: &Shared,
+        events: &mut Vec<Event>,
+        flushes: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+    ) -> bool {
+        let mut q = shared.lock();
+        std::mem::swap(&mut q.events, events);
+        flushes.append(&mut q.flushes);
+        q.stop
+    }
+
+    /// Writes `events` and answers `flushes`.
+    fn write(
+        &mut self,
+        events: &mut Vec<Event>,
+        flushes: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+    ) {
+        for e in events.drain(..) {
+            self.event(e);
+        }
+        if !flushes.is_empty() && self.has_losses() && self.ready() {
+            self.emit_pending();
+        }
+        self.commit();
+        for ack in flushes.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+
+    /// Seals an event's record onto the batch (or counts it lost when the log is not open).
+    fn event(&mut self, e: Event) {
+        if !self.ready() {
+            self.loss.write_error += 1;
+            self.loss.lost += 1;
+            self.shared.metrics.audit_lost.inc();
+            return;
+        }
+        self.emit_pending();
+        let seq = self.next_seq();
+        let c = canonical_event(
+            Stamp {
+                seq,
+                time_ms: e.time_ms(),
+                replica: &self.replica,
+            },
+            &e,
+        );
+        self.append(&c);
+        self.batch.events += 1;
+        if self.batch.bytes.len() >= BATCH_BYTES {
+            self.commit();
         }
     }
 
