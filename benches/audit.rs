@@ -1,12 +1,15 @@
 //! The cost of the audit log per recorded response, on the bench's `/` (7 `Set-Cookie` headers,
 //! consent to necessary cookies only: 3 kept, 4 dropped).
 //!
-//! - `facts_7`: what the request path builds and hands to the queue (the names, categories and
-//!   verdicts of the 7 headers, the consent's digest, method and path), boxed.
+//! - `facts_7`: what the request path builds and hands to the queue, as the proxy builds it: a
+//!   `ResponseDraft` with the head, the consent (its digest computed from the `Cookie` header)
+//!   and the 7 headers' names, categories and verdicts.
 //! - `seal_7`: what the writer thread does with it besides `write(2)`: stamp, serialize
-//!   canonically, hash and seal one line.
-//! - `record_7_queue`: building the facts and `Sink::record` into a queue the writer drains to a
-//!   file (the request side; the writer runs on its own thread as in production, on the same
+//!   canonically (its own serializer, from the draft), hash and seal one line onto the batch.
+//! - `seal_7_serde`: the same record through serde_json (`canonical_event` + `seal`), the
+//!   reference serialization `seal_7` must equal (and what the writer did before).
+//! - `record_7_queue`: building the draft and `Sink::response` into a queue the writer drains to
+//!   a file (the request side; the writer runs on its own thread as in production, on the same
 //!   cores: when it falls behind, some iterations take the cheaper "queue full" path).
 //!
 //! Compare with `decision`'s `filter_7_necessary_only` (the filter itself) and with the load
@@ -17,11 +20,14 @@ use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
-use consent_gateway::audit::record::{canonical_event, seal, Stamp};
-use consent_gateway::audit::{Audit, ConsentFacts, CookieFacts, Event, ResponseFacts};
+use consent_gateway::audit::compact::{canonical_response, TimeText};
+use consent_gateway::audit::record::{canonical_event, seal, seal_onto, Stamp};
+use consent_gateway::audit::{
+    Audit, ConsentFacts, CookieFacts, Event, ResponseDraft, ResponseFacts, ResponseHead,
+};
 use consent_gateway::config::{AuditConfig, AuditPath};
 use consent_gateway::metrics::Metrics;
-use consent_gateway::policy::consent::{ConsentSpec, Format};
+use consent_gateway::policy::consent::{Consent, ConsentSpec, Format};
 
 const COOKIES: [(&str, &str, &str, &str); 7] = [
     ("sessionid", "necessary", "kept", "necessary"),
@@ -36,16 +42,15 @@ const COOKIES: [(&str, &str, &str, &str); 7] = [
 const PREFS: &str =
     "%7B%22necessary%22%3Atrue%2C%22statistical%22%3Afalse%2C%22marketing%22%3Afalse%7D";
 
-fn facts(cookie_headers: &[http::HeaderValue], spec: &ConsentSpec) -> Event {
-    let consent = consent_gateway::policy::consent::Consent::none();
+/// The same record as owned facts (the serde reference).
+fn facts(cookie_headers: &[http::HeaderValue], spec: &ConsentSpec, consent: &Consent) -> Event {
     Event::Response(Box::new(ResponseFacts {
         time_ms: 1_764_583_200_123,
         host: "bench.test".to_owned(),
         generation: 1,
-        registry_digest: "5d41402abc4b2a76b9719d911017c592aaf0c3b9f3a8d2e5cd2b3e9d7f1a0c4e"
-            .to_owned(),
+        registry_digest: REGISTRY_DIGEST.to_owned(),
         mode: "enforce",
-        consent: ConsentFacts::new(spec, cookie_headers, &consent),
+        consent: ConsentFacts::new(spec, cookie_headers, consent),
         method: "GET".to_owned(),
         path: "/".to_owned(),
         status: 200,
@@ -63,6 +68,32 @@ fn facts(cookie_headers: &[http::HeaderValue], spec: &ConsentSpec) -> Event {
     }))
 }
 
+const REGISTRY_DIGEST: &str = "5d41402abc4b2a76b9719d911017c592aaf0c3b9f3a8d2e5cd2b3e9d7f1a0c4e";
+
+/// The draft the proxy builds for one response of the bench's `/`.
+fn draft(
+    cookie_headers: &[http::HeaderValue],
+    spec: &ConsentSpec,
+    consent: &Consent,
+) -> ResponseDraft {
+    let mut d = ResponseDraft::new();
+    for (n, c, v, r) in COOKIES {
+        d.set_cookie(n.as_bytes(), c, v, r);
+    }
+    d.head(&ResponseHead {
+        time_ms: 1_764_583_200_123,
+        host: "bench.test",
+        generation: 1,
+        registry_digest: REGISTRY_DIGEST,
+        mode: "enforce",
+        method: "GET",
+        path: "/",
+        status: 200,
+    });
+    d.consent(spec, cookie_headers, consent);
+    d
+}
+
 fn bench(c: &mut Criterion) {
     let spec = ConsentSpec::new("cookies_preferences", Format::Json);
     let headers =
@@ -70,24 +101,46 @@ fn bench(c: &mut Criterion) {
             http::HeaderValue::from_str(&format!("cookies_preferences={PREFS}; sessionid=abc"))
                 .unwrap_or(http::HeaderValue::from_static("a=b")),
         ];
+    let mut map = http::HeaderMap::new();
+    map.insert(http::header::COOKIE, headers[0].clone());
+    let consent = consent_gateway::policy::consent::from_request_headers(&spec, &map);
     c.bench_function("facts_7", |b| {
-        b.iter(|| black_box(facts(black_box(&headers), &spec)))
+        b.iter(|| black_box(draft(black_box(&headers), &spec, &consent)))
     });
-    let event = facts(&headers, &spec);
+    let stamp = Stamp {
+        seq: 42,
+        time_ms: 1_764_583_200_123,
+        replica: "gateway-7d9f-x2k4",
+    };
     let prev = "a".repeat(64);
+    let d = draft(&headers, &spec, &consent);
+    let mut time = TimeText::default();
+    let (mut canonical, mut batch) = (Vec::new(), Vec::new());
     c.bench_function("seal_7", |b| {
         b.iter(|| {
-            let c = canonical_event(
-                Stamp {
-                    seq: 42,
-                    time_ms: 1_764_583_200_123,
-                    replica: "gateway-7d9f-x2k4",
-                },
-                black_box(&event),
-            );
+            canonical.clear();
+            canonical_response(stamp, black_box(d.bytes()), &mut time, &mut canonical);
+            if batch.len() > 1 << 20 {
+                batch.clear();
+            }
+            black_box(seal_onto(&mut batch, prev.as_bytes(), &canonical))
+        })
+    });
+    let event = facts(&headers, &spec, &consent);
+    c.bench_function("seal_7_serde", |b| {
+        b.iter(|| {
+            let c = canonical_event(stamp, black_box(&event));
             black_box(seal(&prev, &c))
         })
     });
+    // The two serializations agree (else the figures compare different work).
+    canonical.clear();
+    canonical_response(stamp, d.bytes(), &mut time, &mut canonical);
+    assert_eq!(
+        canonical,
+        canonical_event(stamp, &event),
+        "seal_7 and seal_7_serde differ"
+    );
     let dir = std::env::temp_dir().join(format!(
         "consent-gateway-bench-audit-{}",
         std::process::id()
@@ -102,7 +155,7 @@ fn bench(c: &mut Criterion) {
     if let Ok(audit) = Audit::start(&cfg, Arc::new(Metrics::new()), 1, "d") {
         let sink = audit.sink();
         c.bench_function("record_7_queue", |b| {
-            b.iter(|| sink.record(facts(black_box(&headers), &spec)))
+            b.iter(|| sink.response(&draft(black_box(&headers), &spec, &consent)))
         });
         drop(audit);
     }

@@ -823,6 +823,31 @@ fn facts() -> impl Strategy<Value = Event> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
+    /// The writer serializes the request path's compact records itself: byte for byte what
+    /// serde_json writes for the same facts (the documented canonical serialization).
+    #[test]
+    fn the_writers_own_serialization_is_serde_jsons(
+        event in facts(),
+        names in prop::collection::vec("\\PC{0,8}|[\"\\\\\\x00-\\x1f\\x7f]{0,3}", 0..3),
+        seq in any::<u64>(),
+        digest in prop::option::of("[0-9a-f]{64}"),
+        time_ms in any::<i64>(),
+    ) {
+        use consent_gateway::audit::compact::{canonical_response, TimeText};
+        use consent_gateway::audit::record::{canonical_event, Stamp};
+        let Event::Response(mut r) = event else { return Ok(()) };
+        r.time_ms = time_ms / 1000;
+        r.stripped.clone_from(&names);
+        r.purged = names.into_iter().rev().collect();
+        r.consent.digest = digest;
+        let stamp = Stamp { seq, time_ms: r.time_ms, replica: "pod-\"a\"" };
+        let want = canonical_event(stamp, &Event::Response(r.clone()));
+        let mut got = Vec::new();
+        let draft = consent_gateway::audit::ResponseDraft::from(&*r);
+        canonical_response(stamp, draft.bytes(), &mut TimeText::default(), &mut got);
+        prop_assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+    }
+
     #[test]
     fn every_log_the_writer_produces_verifies(
         events in prop::collection::vec(facts(), 0..40),

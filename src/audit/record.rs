@@ -15,8 +15,7 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::policy::consent::{Consent, ConsentSpec, Source};
-use crate::policy::request_cookies::all_pairs;
+use crate::policy::consent::{Consent, ConsentSpec};
 
 /// The `audit` field of every record: the format's version, and what tells an audit line apart
 /// from the access log when both go to one stream.
@@ -50,26 +49,38 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// `H = SHA-256(P ‖ C)` in lowercase hex.
 pub fn chain_hash(prev: &str, canonical: &[u8]) -> String {
+    String::from_utf8_lossy(&chain_hash_hex(prev.as_bytes(), canonical)).into_owned()
+}
+
+/// [`chain_hash`] as 64 ASCII bytes.
+pub fn chain_hash_hex(prev: &[u8], canonical: &[u8]) -> [u8; HASH_LEN] {
     let mut h = Sha256::new();
-    h.update(prev.as_bytes());
+    h.update(prev);
     h.update(canonical);
-    hex(&h.finalize())
+    super::compact::hex64(&h.finalize().into())
 }
 
 /// Seals a canonical record after `prev`: returns its hash and the line to write (with `\n`).
 /// `canonical` is a JSON object with at least one field (it ends with `}`).
 pub fn seal(prev: &str, canonical: &[u8]) -> (String, Vec<u8>) {
-    let hash = chain_hash(prev, canonical);
+    let mut line = Vec::with_capacity(canonical.len() + SEAL_LEN + 1);
+    let hash = seal_onto(&mut line, prev.as_bytes(), canonical);
+    (String::from_utf8_lossy(&hash).into_owned(), line)
+}
+
+/// [`seal`], appending the line to `out`; returns the hash.
+pub fn seal_onto(out: &mut Vec<u8>, prev: &[u8], canonical: &[u8]) -> [u8; HASH_LEN] {
+    let hash = chain_hash_hex(prev, canonical);
     let body = canonical.strip_suffix(b"}").unwrap_or(canonical);
-    let mut line = Vec::with_capacity(body.len() + SEAL_LEN + 1);
-    line.extend_from_slice(body);
-    line.extend_from_slice(PREV_KEY);
-    line.extend_from_slice(prev.as_bytes());
-    line.extend_from_slice(HASH_KEY);
-    line.extend_from_slice(hash.as_bytes());
-    line.extend_from_slice(END);
-    line.push(b'\n');
-    (hash, line)
+    out.reserve(body.len() + SEAL_LEN + 1);
+    out.extend_from_slice(body);
+    out.extend_from_slice(PREV_KEY);
+    out.extend_from_slice(prev);
+    out.extend_from_slice(HASH_KEY);
+    out.extend_from_slice(&hash);
+    out.extend_from_slice(END);
+    out.push(b'\n');
+    hash
 }
 
 /// A line shaped like a sealed record (its seal not yet checked).
@@ -86,7 +97,7 @@ pub struct Sealed<'a> {
 impl Sealed<'_> {
     /// Whether `hash` is the hash of `prev` and the content.
     pub fn intact(&self) -> bool {
-        chain_hash(self.prev, &self.canonical) == self.hash
+        chain_hash_hex(self.prev.as_bytes(), &self.canonical) == self.hash.as_bytes()
     }
 }
 
@@ -153,33 +164,14 @@ impl ConsentFacts {
         cookie_headers: impl IntoIterator<Item = &'h http::HeaderValue>,
         effective: &Consent,
     ) -> Self {
-        let mut pairs = all_pairs(cookie_headers).filter(|p| spec.is_consent_cookie(p.name));
-        let digest = if spec.format == crate::policy::consent::Format::Complianz {
-            let mut joined: Vec<u8> = Vec::new();
-            for p in pairs {
-                if !joined.is_empty() {
-                    joined.extend_from_slice(b"; ");
-                }
-                joined.extend_from_slice(p.name);
-                joined.push(b'=');
-                joined.extend_from_slice(p.value);
-            }
-            (!joined.is_empty()).then(|| sha256_hex(&joined))
-        } else {
-            pairs.next().map(|p| sha256_hex(p.value))
-        };
+        let digest = super::compact::consent_digest(spec, cookie_headers)
+            .map(|d| String::from_utf8_lossy(&d).into_owned());
         ConsentFacts {
             present: digest.is_some(),
             digest,
             granted: effective.granted.keys().map(str::to_owned).collect(),
             gpc: effective.gpc,
-            source: match effective.source {
-                Source::Missing => "none",
-                Source::Undecodable => "undecodable",
-                Source::TooLarge => "too_large",
-                Source::Cookie => "request",
-                Source::Response => "response",
-            },
+            source: super::compact::source_name(effective.source),
         }
     }
 }
@@ -258,15 +250,6 @@ pub struct LossFacts {
 pub enum Event {
     Response(Box<ResponseFacts>),
     Reload(ReloadFacts),
-}
-
-impl Event {
-    pub fn time_ms(&self) -> i64 {
-        match self {
-            Event::Response(r) => r.time_ms,
-            Event::Reload(r) => r.time_ms,
-        }
-    }
 }
 
 /// The fields every record starts with.

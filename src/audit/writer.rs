@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::compact::{canonical_response, decode_reload, encode_reload, ResponseDraft, TimeText};
 use super::record::{
-    canonical_event, canonical_loss, canonical_start, hex, seal, sha256_hex, unseal, Event,
-    LossFacts, Stamp, StartFacts, SEAL_LEN,
+    canonical_event, canonical_loss, canonical_start, hex, seal_onto, sha256_hex, unseal, Event,
+    LossFacts, Stamp, StartFacts, HASH_LEN, SEAL_LEN,
 };
 use crate::config::{AuditConfig, AuditPath};
 use crate::metrics::Metrics;
@@ -41,6 +42,8 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 pub const GATHER: Duration = Duration::from_millis(10);
 /// Records queued that end a gathering early (or half the queue, if smaller).
 const WAKE_AT: usize = 512;
+/// Bytes of queue buffer kept between batches (a burst may grow it further for a while).
+const QUEUE_KEEP_BYTES: usize = 1 << 20;
 
 /// What the writer is doing, so that the request path wakes it only when it must.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,9 +56,18 @@ enum State {
     Busy,
 }
 
+/// Kinds of the records in the queue.
+const RESPONSE: u8 = 1;
+const RELOAD: u8 = 2;
+
 /// The queue between the request path and the writer.
 struct Queue {
-    events: Vec<Event>,
+    /// The records queued, each as its kind (a byte), its length (4 bytes, little-endian) and its
+    /// facts in the encoding of [`super::compact`]: one buffer, reused, so that queueing a record
+    /// allocates nothing and the writer frees nothing the request path allocated.
+    bytes: Vec<u8>,
+    /// Records in `bytes`.
+    records: usize,
     /// Flushes asked for: answered once every record queued before them is written.
     flushes: Vec<tokio::sync::oneshot::Sender<()>>,
     /// Write everything queued, then stop.
@@ -68,7 +80,7 @@ struct Queue {
 impl Queue {
     /// Something to write or answer.
     fn has_work(&self) -> bool {
-        !self.events.is_empty() || !self.flushes.is_empty() || self.stop
+        self.records > 0 || !self.flushes.is_empty() || self.stop
     }
 
     /// Something that should not wait for the gathering to end.
@@ -118,18 +130,40 @@ pub struct Sink {
 impl Sink {
     /// Queues a record; when the queue is full it is counted as lost instead.
     pub fn record(&self, event: Event) {
+        match &event {
+            Event::Response(r) => self.response(&ResponseDraft::from(&**r)),
+            Event::Reload(r) => {
+                let mut bytes = Vec::new();
+                encode_reload(r, &mut bytes);
+                self.push(RELOAD, &bytes);
+            }
+        }
+    }
+
+    /// Queues a `response` record (the request path's way: its facts are copied into the
+    /// queue's buffer); when the queue is full it is counted as lost instead.
+    pub fn response(&self, draft: &ResponseDraft) {
+        self.push(RESPONSE, draft.bytes());
+    }
+
+    fn push(&self, kind: u8, facts: &[u8]) {
         let shared = &*self.shared;
+        // (A record over 4 GiB cannot come from one response: lost rather than mis-framed.)
+        let len = u32::try_from(facts.len()).unwrap_or(u32::MAX);
         let mut q = shared.lock();
-        if q.closed || q.events.len() >= shared.capacity {
+        if q.closed || q.records >= shared.capacity || len == u32::MAX {
             drop(q);
             shared.queue_lost.fetch_add(1, Ordering::Relaxed);
             shared.metrics.audit_lost.inc();
             return;
         }
-        q.events.push(event);
+        q.bytes.push(kind);
+        q.bytes.extend_from_slice(&len.to_le_bytes());
+        q.bytes.extend_from_slice(facts);
+        q.records += 1;
         let wake = match q.state {
             State::Idle => true,
-            State::Gathering => q.events.len() >= shared.wake_at,
+            State::Gathering => q.records >= shared.wake_at,
             State::Busy => false,
         };
         if wake {
@@ -198,7 +232,8 @@ impl Audit {
         let capacity = config.queue.max(1);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
-                events: Vec::new(),
+                bytes: Vec::new(),
+                records: 0,
                 flushes: Vec::new(),
                 stop: false,
                 closed: false,
@@ -243,6 +278,8 @@ impl Audit {
             shared: Arc::clone(&shared),
             batch: Batch::default(),
             last_error_log: None,
+            scratch: Vec::new(),
+            time: TimeText::default(),
         };
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let thread_hold = Arc::clone(&hold);
@@ -320,8 +357,9 @@ impl Drop for Gone {
         let mut q = self.0.lock();
         q.closed = true;
         q.flushes.clear();
-        let left = q.events.len() as u64;
-        q.events.clear();
+        let left = q.records as u64;
+        q.records = 0;
+        q.bytes = Vec::new();
         drop(q);
         if left > 0 {
             self.0.metrics.audit_lost.inc_by(left);
@@ -448,7 +486,7 @@ struct Batch {
     /// Event records in it.
     events: u64,
     /// The hash of its last record.
-    tip: Option<String>,
+    tip: Option<[u8; HASH_LEN]>,
     /// It holds the start record.
     start: Option<StartFacts>,
     /// The losses its loss records tell.
@@ -470,6 +508,10 @@ struct Writer {
     shared: Arc<Shared>,
     batch: Batch,
     last_error_log: Option<Instant>,
+    /// The canonical bytes of the record being sealed (reused).
+    scratch: Vec<u8>,
+    /// The `time` text of the last second a record was made in.
+    time: TimeText,
 }
 
 impl Writer {
@@ -480,7 +522,7 @@ impl Writer {
             self.commit();
         }
         let shared = Arc::clone(&self.shared);
-        let mut events: Vec<Event> = Vec::new();
+        let mut records: Vec<u8> = Vec::new();
         let mut flushes = Vec::new();
         loop {
             let mut q = shared.lock();
@@ -504,12 +546,12 @@ impl Writer {
                 }
             }
             // Let more records come, so that they are written together.
-            if !q.urgent() && q.events.len() < shared.wake_at {
+            if !q.urgent() && q.records < shared.wake_at {
                 q.state = State::Gathering;
                 let until = Instant::now() + GATHER;
                 loop {
                     let now = Instant::now();
-                    if q.urgent() || q.events.len() >= shared.wake_at || now >= until {
+                    if q.urgent() || q.records >= shared.wake_at || now >= until {
                         break;
                     }
                     q = shared
@@ -522,39 +564,54 @@ impl Writer {
             q.state = State::Busy;
             drop(q);
             hold.wait();
-            let stop = self.take(&shared, &mut events, &mut flushes);
-            self.write(&mut events, &mut flushes);
+            let stop = self.take(&shared, &mut records, &mut flushes);
+            self.write(&mut records, &mut flushes);
             if stop {
                 // Whatever was queued while the last batch was written.
-                self.take(&shared, &mut events, &mut flushes);
-                self.write(&mut events, &mut flushes);
+                self.take(&shared, &mut records, &mut flushes);
+                self.write(&mut records, &mut flushes);
                 break;
             }
         }
         self.close();
     }
 
-    /// Takes everything queued (leaving `events`' empty buffer in its place); true to stop.
+    /// Takes everything queued (leaving `records`' empty buffer in its place); true to stop.
     fn take(
         &self,
         shared: &Shared,
-        events: &mut Vec<Event>,
+        records: &mut Vec<u8>,
         flushes: &mut Vec<tokio::sync::oneshot::Sender<()>>,
     ) -> bool {
         let mut q = shared.lock();
-        std::mem::swap(&mut q.events, events);
+        std::mem::swap(&mut q.bytes, records);
+        q.records = 0;
         flushes.append(&mut q.flushes);
         q.stop
     }
 
-    /// Writes `events` and answers `flushes`.
+    /// Writes the queued `records` (leaving the buffer empty) and answers `flushes`.
     fn write(
         &mut self,
-        events: &mut Vec<Event>,
+        records: &mut Vec<u8>,
         flushes: &mut Vec<tokio::sync::oneshot::Sender<()>>,
     ) {
-        for e in events.drain(..) {
-            self.event(e);
+        let mut rest = &records[..];
+        while let Some((&kind, tail)) = rest.split_first() {
+            let Some((len, tail)) = tail.split_first_chunk::<4>() else {
+                break;
+            };
+            let Some((facts, tail)) = tail.split_at_checked(u32::from_le_bytes(*len) as usize)
+            else {
+                break;
+            };
+            self.event(kind, facts);
+            rest = tail;
+        }
+        records.clear();
+        // A burst grew the buffer: give most of it back.
+        if records.capacity() > QUEUE_KEEP_BYTES {
+            records.shrink_to(QUEUE_KEEP_BYTES);
         }
         if !flushes.is_empty() && self.has_losses() && self.ready() {
             self.emit_pending();
@@ -565,8 +622,8 @@ impl Writer {
         }
     }
 
-    /// Seals an event's record onto the batch (or counts it lost when the log is not open).
-    fn event(&mut self, e: Event) {
+    /// Seals a queued record onto the batch (or counts it lost when the log is not open).
+    fn event(&mut self, kind: u8, facts: &[u8]) {
         if !self.ready() {
             self.loss.write_error += 1;
             self.loss.lost += 1;
@@ -575,15 +632,26 @@ impl Writer {
         }
         self.emit_pending();
         let seq = self.next_seq();
-        let c = canonical_event(
-            Stamp {
+        let mut c = std::mem::take(&mut self.scratch);
+        c.clear();
+        if kind == RESPONSE {
+            let stamp = Stamp {
                 seq,
-                time_ms: e.time_ms(),
+                time_ms: 0,
                 replica: &self.replica,
-            },
-            &e,
-        );
+            };
+            canonical_response(stamp, facts, &mut self.time, &mut c);
+        } else {
+            let reload = decode_reload(facts);
+            let stamp = Stamp {
+                seq,
+                time_ms: reload.time_ms,
+                replica: &self.replica,
+            };
+            c = canonical_event(stamp, &Event::Reload(reload));
+        }
         self.append(&c);
+        self.scratch = c;
         self.batch.events += 1;
         if self.batch.bytes.len() >= BATCH_BYTES {
             self.commit();
@@ -663,11 +731,14 @@ impl Writer {
                 self.rotate();
             }
         }
-        let Some(prev) = self.batch.tip.as_deref().or(self.prev.as_deref()) else {
-            return;
+        let hash = match (&self.batch.tip, &self.prev) {
+            (Some(tip), _) => {
+                let tip = *tip;
+                seal_onto(&mut self.batch.bytes, &tip, canonical)
+            }
+            (None, Some(prev)) => seal_onto(&mut self.batch.bytes, prev.as_bytes(), canonical),
+            (None, None) => return,
         };
-        let (hash, line) = seal(prev, canonical);
-        self.batch.bytes.extend_from_slice(&line);
         self.batch.tip = Some(hash);
     }
 
@@ -845,7 +916,9 @@ impl Writer {
         };
         match written {
             Ok(()) => {
-                self.prev = batch.tip;
+                if let Some(tip) = batch.tip {
+                    self.prev = Some(String::from_utf8_lossy(&tip).into_owned());
+                }
                 let records = batch.events
                     + u64::from(batch.start.is_some())
                     + u64::from(batch.loss.is_some());
@@ -872,6 +945,12 @@ impl Writer {
                     self.error(&path, "cannot write the audit log", &e);
                 }
             }
+        }
+        // The next batch reuses the buffer.
+        let mut bytes = batch.bytes;
+        if self.batch.bytes.is_empty() && bytes.capacity() <= 2 * BATCH_BYTES {
+            bytes.clear();
+            self.batch.bytes = bytes;
         }
     }
 

@@ -100,7 +100,7 @@ pub fn purge(
     let consent = from_request_headers(&policy.consent, &req);
     let side = crate::policy::filter::strip_request(policy, &consent, &mut req);
     let mut kept = 0;
-    let (summary, _) = crate::policy::filter::filter_response(
+    let (summary, _, _) = crate::policy::filter::filter_response(
         policy,
         &consent,
         &side,

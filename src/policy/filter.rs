@@ -127,8 +127,9 @@ pub struct Exchange<'a> {
 
 /// The whole response side, between the upstream response and the downstream one: the
 /// `Set-Cookie` filter and purging, both under the consent in effect for the response. Each
-/// `Set-Cookie` value is parsed once. Returns the filter's counts and the names of the cookies
-/// that were (or would be) purged.
+/// `Set-Cookie` value is parsed once. Returns the filter's counts, the names of the cookies
+/// that were (or would be) purged, and the consent the upstream's own consent cookie put in
+/// effect (rule 4; `None`: the request's consent stood).
 pub fn filter_response<'p, 's>(
     policy: &'p HostPolicy,
     request_consent: &Consent,
@@ -136,11 +137,11 @@ pub fn filter_response<'p, 's>(
     headers: &mut HeaderMap,
     exchange: &Exchange<'_>,
     mut observe: impl FnMut(&SetCookie<'_>, &Decision<'p>),
-) -> (Summary, Vec<&'s [u8]>) {
+) -> (Summary, Vec<&'s [u8]>, Option<Consent>) {
     let (now, url) = (exchange.now, &exchange.url);
     let mut summary = Summary::default();
     if !headers.contains_key(SET_COOKIE) && side.candidates.is_empty() {
-        return (summary, Vec::new());
+        return (summary, Vec::new(), None);
     }
     let (changed, verdicts, set_by_upstream) = {
         let parsed: Vec<SetCookie<'_>> = headers
@@ -198,7 +199,7 @@ pub fn filter_response<'p, 's>(
     let effective = changed.as_ref().unwrap_or(request_consent);
     let (purged, capped) = purge(policy, effective, side, &set_by_upstream, headers, exchange);
     summary.purge_capped = capped;
-    (summary, purged)
+    (summary, purged, changed)
 }
 
 /// A browser cookie that consent may refuse, remembered from the request for purging.
@@ -837,7 +838,7 @@ mod tests {
             now: NOW,
             max_purge_headers: max,
         };
-        let (summary, names) = filter_response(&p, &c, &side, &mut resp, &exchange, |_, _| {});
+        let (summary, names, _) = filter_response(&p, &c, &side, &mut resp, &exchange, |_, _| {});
         let got: Vec<String> = set_cookies(&resp).into_iter().map(str::to_owned).collect();
         assert!(got.len() <= max);
         assert_eq!(

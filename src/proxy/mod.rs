@@ -112,12 +112,11 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// What an audit record needs from the request, kept from before it is forwarded.
-/// Clones share their bytes: nothing is copied unless a record is made.
+/// What an audit record needs from the request, kept from before it is forwarded (its path
+/// is the URL's, kept anyway). Clones share their bytes: nothing is copied unless a record is
+/// made.
 struct AuditRequest {
     method: http::Method,
-    /// Only its path goes in the record: the audit log holds no query strings.
-    uri: Uri,
     /// The `Cookie` headers as the browser sent them (for the consent cookie's digest).
     cookies: Vec<HeaderValue>,
 }
@@ -126,7 +125,6 @@ impl AuditRequest {
     fn new<B>(req: &Request<B>) -> Self {
         AuditRequest {
             method: req.method().clone(),
-            uri: req.uri().clone(),
             cookies: req
                 .headers()
                 .get_all(header::COOKIE)
@@ -461,7 +459,6 @@ impl Proxy {
             now,
             max_purge_headers: self.limits.max_purge_headers,
         };
-        let url = &exchange.url;
         let metrics = &self.metrics;
         let mut groups: Vec<((&str, &'static str), u64)> = Vec::with_capacity(4);
         // The inventory sees every upstream Set-Cookie (attributes first, then each verdict).
@@ -472,40 +469,22 @@ impl Proxy {
             }
         }
         let no_consent = consent.source == crate::policy::consent::Source::Missing;
-        // The audit record's consent: the one the filter judges by (it may come from the
-        // response's own consent cookie), taken before the filter changes the headers.
-        // `None` inside: the request's consent stands.
-        let mut audit_cookies = audit.as_ref().map(|_| {
-            let changed = if parts.headers.contains_key(header::SET_COOKIE) {
-                match crate::policy::filter::response_consent(
-                    policy,
-                    &consent,
-                    &parts.headers,
-                    now,
-                    url,
-                ) {
-                    std::borrow::Cow::Borrowed(_) => None,
-                    std::borrow::Cow::Owned(c) => Some(c),
-                }
-            } else {
-                None
-            };
-            (changed, Vec::new())
-        });
-        let (summary, purged) = filter_response(
+        // The audit record being built (one buffer): the filter's decisions go in as they come.
+        let mut audit_draft = audit.as_ref().map(|_| crate::audit::ResponseDraft::new());
+        let (summary, purged, changed) = filter_response(
             policy,
             &consent,
             &side,
             &mut parts.headers,
             &exchange,
             |sc, d| {
-                if let Some((_, facts)) = audit_cookies.as_mut() {
-                    facts.push(crate::audit::CookieFacts {
-                        name: String::from_utf8_lossy(sc.name).into_owned(),
-                        category: d.category().to_owned(),
-                        verdict: d.verdict.metric_label(),
-                        reason: d.reason.as_str(),
-                    });
+                if let Some(draft) = audit_draft.as_mut() {
+                    draft.set_cookie(
+                        sc.name,
+                        d.category(),
+                        d.verdict.metric_label(),
+                        d.reason.as_str(),
+                    );
                 }
                 // Counted per (category, verdict) once the response is filtered: a typical
                 // response has 7 headers in 2-3 groups, so 2-3 metric lookups instead of 7.
@@ -572,32 +551,33 @@ impl Proxy {
         if summary.any() || (purged > 0 && enforce) {
             add_vary_cookie(&mut parts.headers);
         }
-        if let (Some((sink, request)), Some((changed, set_cookies))) = (audit, audit_cookies) {
-            // One record per response in which the gateway decided anything.
+        if let (Some((sink, request)), Some(mut draft)) = (audit, audit_draft) {
+            // One record per response in which the gateway decided anything. The consent is
+            // the one the filter judged by (the upstream's own consent cookie may have set it).
             if summary.any() || side.stripped > 0 || purged > 0 {
-                let names = |v: &mut dyn Iterator<Item = &[u8]>| -> Vec<String> {
-                    v.map(|n| String::from_utf8_lossy(n).into_owned()).collect()
-                };
-                sink.record(crate::audit::Event::Response(Box::new(
-                    crate::audit::ResponseFacts {
-                        time_ms: crate::unix_now_ms(),
-                        host: policy.name.clone(),
-                        generation: snapshot.generation,
-                        registry_digest: snapshot.registry.digest.clone(),
-                        mode: policy.mode.as_str(),
-                        consent: crate::audit::ConsentFacts::new(
-                            &policy.consent,
-                            &request.cookies,
-                            changed.as_ref().unwrap_or(&consent),
-                        ),
-                        method: request.method.as_str().to_owned(),
-                        path: request.uri.path().to_owned(),
-                        status: parts.status.as_u16(),
-                        set_cookies,
-                        stripped: names(&mut side.stripped_names.iter().map(Vec::as_slice)),
-                        purged: names(&mut purged_names.iter().copied()),
-                    },
-                )));
+                draft.head(&crate::audit::ResponseHead {
+                    time_ms: crate::unix_now_ms(),
+                    host: &policy.name,
+                    generation: snapshot.generation,
+                    registry_digest: &snapshot.registry.digest,
+                    mode: policy.mode.as_str(),
+                    method: request.method.as_str(),
+                    // Only the path: the audit log holds no query strings.
+                    path: request_uri.path(),
+                    status: parts.status.as_u16(),
+                });
+                draft.consent(
+                    &policy.consent,
+                    &request.cookies,
+                    changed.as_ref().unwrap_or(&consent),
+                );
+                for n in &side.stripped_names {
+                    draft.stripped(n);
+                }
+                for n in &purged_names {
+                    draft.purged(n);
+                }
+                sink.response(&draft);
             }
         }
         self.count_request_cookies(

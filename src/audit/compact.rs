@@ -1,0 +1,655 @@
+//! The request path's compact form of a record, and its canonical serialization on the writer
+//! thread.
+//!
+//! The request path writes the facts of a response into one small byte buffer (a
+//! [`ResponseDraft`]: tagged fields, no JSON, no allocation per field), which the queue copies
+//! into its own buffer; the writer thread turns it into the canonical JSON of [`super::record`]
+//! straight into its output. The bytes are exactly those serde_json writes for
+//! [`ResponseFacts`] ([`super::record::canonical_event`], tested against it), so the documented
+//! serialization does not change: this is only a cheaper way to the same bytes.
+//!
+//! Pure: no files, sockets or clocks.
+
+use sha2::{Digest, Sha256};
+
+use super::record::{ConsentFacts, ReloadFacts, ResponseFacts, Stamp, FORMAT};
+use crate::policy::consent::{Consent, ConsentSpec, Format, Source};
+use crate::policy::request_cookies::all_pairs;
+
+// Tags of the fields. Numbers take 8 bytes (little-endian); strings a 4-byte length, then their
+// bytes (always UTF-8: they come from `&str` or through `String::from_utf8_lossy`).
+const TIME: u8 = 1;
+const HOST: u8 = 2;
+const GENERATION: u8 = 3;
+const REGISTRY_DIGEST: u8 = 4;
+const MODE: u8 = 5;
+const PRESENT: u8 = 6;
+const CONSENT_DIGEST: u8 = 7;
+const GRANTED: u8 = 8;
+const GPC: u8 = 9;
+const SOURCE: u8 = 10;
+const METHOD: u8 = 11;
+const PATH: u8 = 12;
+const STATUS: u8 = 13;
+/// Four strings: name, category, verdict, reason.
+const COOKIE: u8 = 14;
+const STRIPPED: u8 = 15;
+const PURGED: u8 = 16;
+const RESULT: u8 = 17;
+const ERROR: u8 = 18;
+
+fn is_number(tag: u8) -> bool {
+    matches!(tag, TIME | GENERATION | PRESENT | GPC | STATUS)
+}
+
+/// A `response` record being built on the request path: one buffer, filled in any order.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseDraft {
+    buf: Vec<u8>,
+}
+
+/// The request's and the policy's facts of a `response` record.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseHead<'a> {
+    /// When the decision was made, milliseconds since the epoch.
+    pub time_ms: i64,
+    /// The registry file's first host name.
+    pub host: &'a str,
+    pub generation: u64,
+    pub registry_digest: &'a str,
+    /// `enforce` or `report-only`.
+    pub mode: &'a str,
+    pub method: &'a str,
+    /// The request path, without its query.
+    pub path: &'a str,
+    pub status: u16,
+}
+
+impl ResponseDraft {
+    /// An empty draft, with room for a typical record.
+    pub fn new() -> Self {
+        ResponseDraft {
+            buf: Vec::with_capacity(384),
+        }
+    }
+
+    fn num(&mut self, tag: u8, n: u64) {
+        self.buf.push(tag);
+        self.buf.extend_from_slice(&n.to_le_bytes());
+    }
+
+    fn put(&mut self, s: &[u8]) {
+        // A string over 4 GiB cannot come from one request; cut rather than mis-frame.
+        let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf
+            .extend_from_slice(s.get(..len as usize).unwrap_or(s));
+    }
+
+    fn str(&mut self, tag: u8, s: &[u8]) {
+        self.buf.push(tag);
+        self.put(s);
+    }
+
+    /// The facts known without the filter.
+    pub fn head(&mut self, h: &ResponseHead<'_>) {
+        self.num(TIME, h.time_ms as u64);
+        self.str(HOST, h.host.as_bytes());
+        self.num(GENERATION, h.generation);
+        self.str(REGISTRY_DIGEST, h.registry_digest.as_bytes());
+        self.str(MODE, h.mode.as_bytes());
+        self.str(METHOD, h.method.as_bytes());
+        self.str(PATH, h.path.as_bytes());
+        self.num(STATUS, u64::from(h.status));
+    }
+
+    /// The consent the response was judged under, as [`ConsentFacts::new`] has it.
+    pub fn consent<'h>(
+        &mut self,
+        spec: &ConsentSpec,
+        cookie_headers: impl IntoIterator<Item = &'h http::HeaderValue>,
+        effective: &Consent,
+    ) {
+        let digest = consent_digest(spec, cookie_headers);
+        self.num(PRESENT, u64::from(digest.is_some()));
+        if let Some(d) = &digest {
+            self.str(CONSENT_DIGEST, d);
+        }
+        for k in effective.granted.keys() {
+            self.str(GRANTED, k.as_bytes());
+        }
+        self.num(GPC, u64::from(effective.gpc));
+        self.str(SOURCE, source_name(effective.source).as_bytes());
+    }
+
+    fn consent_facts(&mut self, f: &ConsentFacts) {
+        self.num(PRESENT, u64::from(f.present));
+        if let Some(d) = &f.digest {
+            self.str(CONSENT_DIGEST, d.as_bytes());
+        }
+        for k in &f.granted {
+            self.str(GRANTED, k.as_bytes());
+        }
+        self.num(GPC, u64::from(f.gpc));
+        self.str(SOURCE, f.source.as_bytes());
+    }
+
+    /// One upstream `Set-Cookie` and what was done with it (invalid UTF-8 in the name replaced
+    /// by U+FFFD). Call in header order.
+    pub fn set_cookie(&mut self, name: &[u8], category: &str, verdict: &str, reason: &str) {
+        self.buf.push(COOKIE);
+        self.put(String::from_utf8_lossy(name).as_bytes());
+        self.put(category.as_bytes());
+        self.put(verdict.as_bytes());
+        self.put(reason.as_bytes());
+    }
+
+    /// A browser cookie removed from the request.
+    pub fn stripped(&mut self, name: &[u8]) {
+        self.str(STRIPPED, String::from_utf8_lossy(name).as_bytes());
+    }
+
+    /// A browser cookie a deletion was added for.
+    pub fn purged(&mut self, name: &[u8]) {
+        self.str(PURGED, String::from_utf8_lossy(name).as_bytes());
+    }
+
+    /// The encoded facts.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl From<&ResponseFacts> for ResponseDraft {
+    fn from(r: &ResponseFacts) -> Self {
+        let mut d = ResponseDraft::new();
+        d.head(&ResponseHead {
+            time_ms: r.time_ms,
+            host: &r.host,
+            generation: r.generation,
+            registry_digest: &r.registry_digest,
+            mode: r.mode,
+            method: &r.method,
+            path: &r.path,
+            status: r.status,
+        });
+        d.consent_facts(&r.consent);
+        for c in &r.set_cookies {
+            d.set_cookie(c.name.as_bytes(), &c.category, c.verdict, c.reason);
+        }
+        for n in &r.stripped {
+            d.stripped(n.as_bytes());
+        }
+        for n in &r.purged {
+            d.purged(n.as_bytes());
+        }
+        d
+    }
+}
+
+/// A `reload` record's facts, in the same encoding.
+pub fn encode_reload(r: &ReloadFacts, out: &mut Vec<u8>) {
+    let mut d = ResponseDraft {
+        buf: std::mem::take(out),
+    };
+    d.num(TIME, r.time_ms as u64);
+    d.num(GENERATION, r.generation);
+    d.str(REGISTRY_DIGEST, r.registry_digest.as_bytes());
+    d.str(RESULT, r.result.as_bytes());
+    if let Some(e) = &r.error {
+        d.str(ERROR, e.as_bytes());
+    }
+    *out = d.buf;
+}
+
+/// Reads back what [`encode_reload`] wrote.
+pub fn decode_reload(bytes: &[u8]) -> ReloadFacts {
+    let mut r = ReloadFacts {
+        time_ms: 0,
+        generation: 0,
+        registry_digest: String::new(),
+        result: "error",
+        error: None,
+    };
+    for (tag, v) in Items(bytes) {
+        match (tag, v) {
+            (TIME, Value::Num(n)) => r.time_ms = n as i64,
+            (GENERATION, Value::Num(n)) => r.generation = n,
+            (REGISTRY_DIGEST, Value::Str(s)) => r.registry_digest = lossy(s),
+            (RESULT, Value::Str(s)) => r.result = if s == b"success" { "success" } else { "error" },
+            (ERROR, Value::Str(s)) => r.error = Some(lossy(s)),
+            _ => {}
+        }
+    }
+    r
+}
+
+fn lossy(s: &[u8]) -> String {
+    String::from_utf8_lossy(s).into_owned()
+}
+
+/// SHA-256 (hex) of the consent cookie's value as sent; for Complianz, of the `name=value` pairs
+/// of every consent cookie in request order joined by `; `. `None` without a consent cookie.
+pub fn consent_digest<'h>(
+    spec: &ConsentSpec,
+    cookie_headers: impl IntoIterator<Item = &'h http::HeaderValue>,
+) -> Option<[u8; 64]> {
+    let mut pairs = all_pairs(cookie_headers).filter(|p| spec.is_consent_cookie(p.name));
+    if spec.format == Format::Complianz {
+        let mut h = Sha256::new();
+        let mut any = false;
+        for p in pairs {
+            if any {
+                h.update(b"; ");
+            }
+            any = true;
+            h.update(p.name);
+            h.update(b"=");
+            h.update(p.value);
+        }
+        any.then(|| hex64(&h.finalize().into()))
+    } else {
+        pairs.next().map(|p| hex64(&Sha256::digest(p.value).into()))
+    }
+}
+
+/// Lowercase hex of a SHA-256 digest.
+pub fn hex64(bytes: &[u8; 32]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 15)];
+    }
+    out
+}
+
+/// The `source` of a consent: see [`ConsentFacts::source`].
+pub fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::Missing => "none",
+        Source::Undecodable => "undecodable",
+        Source::TooLarge => "too_large",
+        Source::Cookie => "request",
+        Source::Response => "response",
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Value<'a> {
+    Num(u64),
+    Str(&'a [u8]),
+    Cookie([&'a [u8]; 4]),
+}
+
+/// The fields of an encoded record, in the order written. Stops at anything malformed (which
+/// the encoder never writes).
+struct Items<'a>(&'a [u8]);
+
+impl<'a> Items<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(self.take(4)?.try_into().ok()?);
+        self.take(len as usize)
+    }
+}
+
+impl<'a> Iterator for Items<'a> {
+    type Item = (u8, Value<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let tag = *self.take(1)?.first()?;
+        let value = if is_number(tag) {
+            Value::Num(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+        } else if tag == COOKIE {
+            Value::Cookie([
+                self.string()?,
+                self.string()?,
+                self.string()?,
+                self.string()?,
+            ])
+        } else {
+            Value::Str(self.string()?)
+        };
+        Some((tag, value))
+    }
+}
+
+/// `2026-12-01T10:00:00.123Z`, as [`super::record::rfc3339_millis`] writes it, with the text up
+/// to the second kept from the record before (records come many to a second).
+#[derive(Debug, Default)]
+pub struct TimeText {
+    second: Option<i64>,
+    text: String,
+}
+
+impl TimeText {
+    pub fn put(&mut self, out: &mut Vec<u8>, ms: i64) {
+        let second = ms.div_euclid(1000);
+        if self.second != Some(second) {
+            let [y, m, d, hh, mm, ss] = crate::utc_civil(second);
+            self.text = format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
+            self.second = Some(second);
+        }
+        out.extend_from_slice(self.text.as_bytes());
+        // 0 to 999.
+        let millis = ms.rem_euclid(1000) as u32;
+        out.push(b'.');
+        out.push(b'0' + (millis / 100) as u8);
+        out.push(b'0' + (millis / 10 % 10) as u8);
+        out.push(b'0' + (millis % 10) as u8);
+        out.push(b'Z');
+    }
+}
+
+/// A decimal number, as serde_json writes it.
+pub fn put_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// A JSON string, escaped as serde_json escapes it: `"`, `\` and the control characters below
+/// U+0020 (`\b \t \n \f \r` by name, the others as `\u00XX` in lowercase hex); everything else,
+/// U+007F and non-ASCII included, as is. `s` is UTF-8.
+pub fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    let mut from = 0;
+    for (i, &b) in s.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&s[from..i]);
+        if esc.is_empty() {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(DIGITS[usize::from(b >> 4)]);
+            out.push(DIGITS[usize::from(b & 15)]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        from = i + 1;
+    }
+    out.extend_from_slice(&s[from..]);
+    out.push(b'"');
+}
+
+fn put_bool(out: &mut Vec<u8>, b: bool) {
+    out.extend_from_slice(if b { b"true" } else { b"false" });
+}
+
+/// The stamp's fields, as every record starts: `{"audit":1,"seq":..,"time":"..","replica":..,"kind":"<kind>"`.
+fn put_start(out: &mut Vec<u8>, stamp: Stamp<'_>, time: &mut TimeText, ms: i64, kind: &str) {
+    out.extend_from_slice(b"{\"audit\":");
+    put_u64(out, u64::from(FORMAT));
+    out.extend_from_slice(b",\"seq\":");
+    put_u64(out, stamp.seq);
+    out.extend_from_slice(b",\"time\":\"");
+    time.put(out, ms);
+    out.extend_from_slice(b"\",\"replica\":");
+    put_str(out, stamp.replica.as_bytes());
+    out.extend_from_slice(b",\"kind\":");
+    put_str(out, kind.as_bytes());
+}
+
+/// Appends the canonical serialization of an encoded `response` record to `out`: the same bytes
+/// as [`super::record::canonical_event`] of the [`ResponseFacts`] it was made from.
+pub fn canonical_response(stamp: Stamp<'_>, draft: &[u8], time: &mut TimeText, out: &mut Vec<u8>) {
+    let f = Scalars::of(draft);
+    let time_ms = f.time_ms;
+    let (host, generation, digest, mode) = (f.host, f.generation, f.registry_digest, f.mode);
+    let (present, consent_digest, gpc, source) = (f.present, f.consent_digest, f.gpc, f.source);
+    let (method, path, status) = (f.method, f.path, f.status);
+    put_start(out, stamp, time, time_ms, "response");
+    out.extend_from_slice(b",\"host\":");
+    put_str(out, host);
+    out.extend_from_slice(b",\"generation\":");
+    put_u64(out, generation);
+    out.extend_from_slice(b",\"registry_digest\":");
+    put_str(out, digest);
+    out.extend_from_slice(b",\"mode\":");
+    put_str(out, mode);
+    out.extend_from_slice(b",\"consent\":{\"present\":");
+    put_bool(out, present);
+    out.extend_from_slice(b",\"digest\":");
+    match consent_digest {
+        Some(d) => put_str(out, d),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"granted\":");
+    put_list(out, draft, GRANTED);
+    out.extend_from_slice(b",\"gpc\":");
+    put_bool(out, gpc);
+    out.extend_from_slice(b",\"source\":");
+    put_str(out, source);
+    out.extend_from_slice(b"},\"method\":");
+    put_str(out, method);
+    out.extend_from_slice(b",\"path\":");
+    put_str(out, path);
+    out.extend_from_slice(b",\"status\":");
+    put_u64(out, status);
+    out.extend_from_slice(b",\"set_cookies\":[");
+    let mut first = true;
+    for (tag, v) in Items(draft) {
+        if let (COOKIE, Value::Cookie([name, category, verdict, reason])) = (tag, v) {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(b"{\"name\":");
+            put_str(out, name);
+            out.extend_from_slice(b",\"category\":");
+            put_str(out, category);
+            out.extend_from_slice(b",\"verdict\":");
+            put_str(out, verdict);
+            out.extend_from_slice(b",\"reason\":");
+            put_str(out, reason);
+            out.push(b'}');
+        }
+    }
+    out.extend_from_slice(b"],\"stripped\":");
+    put_list(out, draft, STRIPPED);
+    out.extend_from_slice(b",\"purged\":");
+    put_list(out, draft, PURGED);
+    out.push(b'}');
+}
+
+/// The single-valued fields of an encoded `response` record.
+#[derive(Debug, Default)]
+struct Scalars<'a> {
+    time_ms: i64,
+    host: &'a [u8],
+    generation: u64,
+    registry_digest: &'a [u8],
+    mode: &'a [u8],
+    present: bool,
+    consent_digest: Option<&'a [u8]>,
+    gpc: bool,
+    source: &'a [u8],
+    method: &'a [u8],
+    path: &'a [u8],
+    status: u64,
+}
+
+impl<'a> Scalars<'a> {
+    fn of(draft: &'a [u8]) -> Self {
+        let mut f = Scalars::default();
+        for (tag, v) in Items(draft) {
+            match (tag, v) {
+                (TIME, Value::Num(n)) => f.time_ms = n as i64,
+                (HOST, Value::Str(s)) => f.host = s,
+                (GENERATION, Value::Num(n)) => f.generation = n,
+                (REGISTRY_DIGEST, Value::Str(s)) => f.registry_digest = s,
+                (MODE, Value::Str(s)) => f.mode = s,
+                (PRESENT, Value::Num(n)) => f.present = n != 0,
+                (CONSENT_DIGEST, Value::Str(s)) => f.consent_digest = Some(s),
+                (GPC, Value::Num(n)) => f.gpc = n != 0,
+                (SOURCE, Value::Str(s)) => f.source = s,
+                (METHOD, Value::Str(s)) => f.method = s,
+                (PATH, Value::Str(s)) => f.path = s,
+                (STATUS, Value::Num(n)) => f.status = n,
+                _ => {}
+            }
+        }
+        f
+    }
+}
+
+/// `[..]` of the strings tagged `want`, in order.
+fn put_list(out: &mut Vec<u8>, draft: &[u8], want: u8) {
+    out.push(b'[');
+    let mut first = true;
+    for (tag, v) in Items(draft) {
+        if let (true, Value::Str(s)) = (tag == want, v) {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            put_str(out, s);
+        }
+    }
+    out.push(b']');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::{canonical_event, rfc3339_millis, CookieFacts, Event};
+
+    fn facts(s: &str) -> ResponseFacts {
+        ResponseFacts {
+            time_ms: 1_764_583_200_123,
+            host: format!("h{s}"),
+            generation: u64::MAX,
+            registry_digest: "d".repeat(64),
+            mode: "report-only",
+            consent: ConsentFacts {
+                present: true,
+                digest: Some("a".repeat(64)),
+                granted: vec!["necessary".into(), s.into()],
+                gpc: true,
+                source: "response",
+            },
+            method: "GET".into(),
+            path: format!("/p{s}"),
+            status: 200,
+            set_cookies: vec![
+                CookieFacts {
+                    name: s.into(),
+                    category: "statistical".into(),
+                    verdict: "would_drop",
+                    reason: "not-granted",
+                },
+                CookieFacts {
+                    name: "b".into(),
+                    category: s.into(),
+                    verdict: "kept",
+                    reason: "necessary",
+                },
+            ],
+            stripped: vec![s.into(), "x".into()],
+            purged: vec![s.into()],
+        }
+    }
+
+    fn fast(stamp: Stamp<'_>, f: &ResponseFacts) -> Vec<u8> {
+        let mut out = Vec::new();
+        let draft = ResponseDraft::from(f);
+        canonical_response(stamp, draft.bytes(), &mut TimeText::default(), &mut out);
+        out
+    }
+
+    #[test]
+    fn the_compact_path_writes_serde_json_bytes() {
+        let stamp = Stamp {
+            seq: 12_345,
+            time_ms: 1_764_583_200_123,
+            replica: "pod \"a\"\u{1}",
+        };
+        for s in [
+            "",
+            "plain",
+            "quote\"back\\slash",
+            "\u{0}\u{1f}\u{7f}\u{8}\u{c}\n\r\t",
+            "é☃\u{10ffff}",
+            "</script>",
+        ] {
+            let f = facts(s);
+            let want = canonical_event(stamp, &Event::Response(Box::new(f.clone())));
+            assert_eq!(
+                String::from_utf8_lossy(&fast(stamp, &f)),
+                String::from_utf8_lossy(&want)
+            );
+        }
+        let mut none = facts("n");
+        none.consent.digest = None;
+        none.consent.present = false;
+        none.consent.granted.clear();
+        none.set_cookies.clear();
+        none.stripped.clear();
+        none.purged.clear();
+        let want = canonical_event(stamp, &Event::Response(Box::new(none.clone())));
+        assert_eq!(fast(stamp, &none), want);
+    }
+
+    #[test]
+    fn times_and_numbers_are_written_as_serde_and_rfc3339_millis_write_them() {
+        let mut t = TimeText::default();
+        for ms in [
+            0,
+            -1,
+            999,
+            1000,
+            951_825_600_007,
+            1_795_435_200_999,
+            1_795_435_201_000,
+            253_402_300_799_999,
+        ] {
+            let mut out = Vec::new();
+            t.put(&mut out, ms);
+            assert_eq!(String::from_utf8(out).unwrap(), rfc3339_millis(ms));
+        }
+        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::MAX] {
+            let mut out = Vec::new();
+            put_u64(&mut out, n);
+            assert_eq!(out, serde_json::to_vec(&n).unwrap());
+        }
+    }
+
+    #[test]
+    fn reloads_round_trip() {
+        for error in [None, Some("hosts/a.toml:1:2: bad \"x\"".to_owned())] {
+            let r = ReloadFacts {
+                time_ms: 1_764_583_200_123,
+                generation: 7,
+                registry_digest: "e".repeat(64),
+                result: if error.is_some() { "error" } else { "success" },
+                error,
+            };
+            let mut bytes = Vec::new();
+            encode_reload(&r, &mut bytes);
+            assert_eq!(decode_reload(&bytes), r);
+        }
+    }
+}
