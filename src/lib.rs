@@ -27,7 +27,7 @@
 //!   request's cookies, consent decoding, a `Set-Cookie` as a browser reads and stores it, the one
 //!   keep/drop decision ([`policy::decide`]) and its application to a request or response
 //!   ([`policy::filter`]), a host's policy page.
-//! - this file: the clock and the UTC calendar, which every part may use.
+//! - this file: the clock and its RFC 3339 stamps, which every part may use.
 
 #![forbid(unsafe_code)]
 
@@ -56,29 +56,20 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// The UTC `[year, month, day, hour, minute, second]` of `secs` seconds since the Unix epoch
-/// (negative before 1970), by Howard Hinnant's `civil_from_days`: what the RFC 3339 stamps of
-/// `/registry`, the inventory and the audit log are written from.
-pub(crate) fn utc_civil(secs: i64) -> [i64; 6] {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    [y, m, d, rem / 3600, rem % 3600 / 60, rem % 60]
+/// The latest instant humantime writes in RFC 3339 (9999-12-31T23:59:59Z).
+const RFC3339_MAX_SECS: u64 = 253_402_300_799;
+
+/// `t` within what RFC 3339 stamps can say (1970 to 9999): the clock's stamps are written from
+/// it, never a panic on a clock set outside.
+pub(crate) fn rfc3339_range(t: std::time::SystemTime) -> std::time::SystemTime {
+    let epoch = std::time::UNIX_EPOCH;
+    t.clamp(
+        epoch,
+        epoch + std::time::Duration::from_secs(RFC3339_MAX_SECS),
+    )
 }
 
-/// `2026-11-23T10:00:00Z` (UTC, whole seconds).
+/// `2026-11-23T10:00:00Z` (UTC, whole seconds): the stamps of `/registry` and the inventory.
 pub fn rfc3339(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
-    let [y, m, d, hh, mm, ss] = crate::utc_civil(secs);
-    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
+    humantime::format_rfc3339_seconds(rfc3339_range(t)).to_string()
 }

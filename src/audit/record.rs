@@ -131,11 +131,12 @@ pub fn unseal(line: &[u8]) -> Option<Sealed<'_>> {
     })
 }
 
-/// `2026-12-01T10:00:00.123Z` (UTC, milliseconds).
+/// `2026-12-01T10:00:00.123Z` (UTC, milliseconds) for `ms` since the epoch; before 1970 (a
+/// clock [`crate::unix_now_ms`] already reads as 0) it is the epoch.
 pub fn rfc3339_millis(ms: i64) -> String {
-    let [y, m, d, hh, mm, ss] = crate::utc_civil(ms.div_euclid(1000));
-    let millis = ms.rem_euclid(1000);
-    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{millis:03}Z")
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(crate::rfc3339_range(t)).to_string()
 }
 
 /// The consent a response was judged under.
@@ -409,7 +410,8 @@ mod tests {
             rfc3339_millis(1_795_435_200_999),
             "2026-11-23T12:00:00.999Z"
         );
-        assert_eq!(rfc3339_millis(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_millis(-1), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(i64::MAX), "9999-12-31T23:59:59.000Z");
     }
 
     #[test]

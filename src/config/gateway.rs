@@ -224,12 +224,10 @@ pub struct TlsConfig {
     pub default_cert: Option<String>,
 }
 
-/// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).
+/// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address): an [`ipnet::IpNet`] that also
+/// matches the IPv4-mapped IPv6 form of its IPv4 addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
+pub struct Cidr(pub ipnet::IpNet);
 
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -237,21 +235,7 @@ impl Cidr {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&ip)
     }
 }
 
@@ -267,17 +251,19 @@ impl std::str::FromStr for Cidr {
             .trim()
             .parse()
             .map_err(|_| format!("{s:?} is not an IP address or CIDR (as in \"10.0.0.0/8\")"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: prefix length must be 0 to {max}"))?,
+        let Some(prefix) = prefix else {
+            return Ok(Cidr(addr.into()));
         };
-        Ok(Cidr { addr, prefix })
+        prefix
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .and_then(|p| ipnet::IpNet::new(addr, p).ok())
+            .map(Cidr)
+            .ok_or_else(|| {
+                let max = if addr.is_ipv4() { 32 } else { 128 };
+                format!("{s:?}: prefix length must be 0 to {max}")
+            })
     }
 }
 
@@ -370,35 +356,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift).ok_or_else(bad)
 }
 
-/// Parses a duration such as `10s`, `500ms`, `1m30s` or `2h`.
+/// Parses a duration such as `10s`, `500ms`, `1m30s`, `1h 30m` or `1.5s` (humantime's syntax:
+/// numbers each followed by a unit, `ms`, `s`, `m`, `h`, `d`, ... and their long names).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!("invalid duration {s:?}: expected a whole number followed by ms, s, m or h, as in \"10s\"")
-    };
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        total = total.saturating_add(part);
-    }
-    Ok(total)
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("invalid duration {s:?} ({e}): expected numbers each followed by a unit (ms, s, m, h, d), as in \"10s\" or \"1m30s\"")
+    })
 }
 
 /// Reads and validates the gateway file.

@@ -57,47 +57,14 @@ pub(crate) fn unquote(value: &[u8]) -> &[u8] {
 }
 
 /// The value with its `%XX` escapes decoded (an invalid escape stays as is); borrowed when there
-/// is nothing to decode.
-///
-/// Same result as `percent_encoding::percent_decode`, but copies the runs between escapes in
-/// slices instead of byte by byte: it runs on every request's consent cookie.
+/// is nothing to decode. `percent_encoding::percent_decode`, after a `%` search (memchr) that
+/// spares a value without one the crate's byte-by-byte scan: it runs on every request's
+/// consent cookie. Measured against the hand-written decoder it replaces (criterion, same run):
+/// 0.74x the time on a portal's encoded cookie, 0.18x on a value without `%`, 1.9x (+200 ns) on
+/// OneTrust's `groups`.
 pub(crate) fn percent_decoded(value: &[u8]) -> Cow<'_, [u8]> {
-    fn hex(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            b'A'..=b'F' => Some(b - b'A' + 10),
-            _ => None,
-        }
-    }
-    let Some(first) = value.iter().position(|&b| b == b'%') else {
-        return Cow::Borrowed(value);
-    };
-    let mut out = Vec::with_capacity(value.len());
-    out.extend_from_slice(&value[..first]);
-    let mut rest = &value[first..];
-    let mut changed = false;
-    while let Some(at) = rest.iter().position(|&b| b == b'%') {
-        out.extend_from_slice(&rest[..at]);
-        let escape = match rest.get(at + 1..at + 3) {
-            Some(&[h, l]) => hex(h).zip(hex(l)),
-            _ => None,
-        };
-        match escape {
-            Some((h, l)) => {
-                out.push(h << 4 | l);
-                changed = true;
-                rest = &rest[at + 3..];
-            }
-            None => {
-                out.push(b'%');
-                rest = &rest[at + 1..];
-            }
-        }
-    }
-    if !changed {
+    if !value.contains(&b'%') {
         return Cow::Borrowed(value);
     }
-    out.extend_from_slice(rest);
-    Cow::Owned(out)
+    percent_encoding::percent_decode(value).into()
 }
