@@ -330,10 +330,18 @@ pub struct TimeText {
 
 impl TimeText {
     pub fn put(&mut self, out: &mut Vec<u8>, ms: i64) {
+        // Within 1970..9999, as `rfc3339_millis` writes it.
+        let t = crate::rfc3339_range(
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+        );
+        let ms = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
         let second = ms.div_euclid(1000);
         if self.second != Some(second) {
-            let [y, m, d, hh, mm, ss] = crate::utc_civil(second);
-            self.text = format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
+            let text = humantime::format_rfc3339_seconds(t).to_string();
+            self.text = text.trim_end_matches('Z').to_owned();
             self.second = Some(second);
         }
         out.extend_from_slice(self.text.as_bytes());
