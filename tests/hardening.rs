@@ -510,16 +510,9 @@ async fn slowloris_does_not_starve_other_clients() {
             for _ in 0..WAVE {
                 ready.recv().await.unwrap();
             }
-            let http = consent_gateway::metrics::ListenerLabel { listener: "http" };
-            let open = || gw.metrics.connections_open.get_or_create(&http).get();
+            // The gateway accepts every slow connection.
             let want = i64::try_from(i + 1).unwrap();
-            tokio::time::timeout(Duration::from_secs(5), async {
-                while open() < want {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await
-            .expect("the gateway accepts every slow connection");
+            open_connections(&gw, "http", |n| n >= want).await;
         }
     }
     drop(ready_tx);
@@ -661,15 +654,7 @@ async fn connections_over_max_connections_get_503_and_the_others_are_served() {
     // A closed connection gives its permit back: once the gateway has seen the close (the open
     // connections gauge falls, after the permit is back), a new one is served.
     drop(first);
-    let http = consent_gateway::metrics::ListenerLabel { listener: "http" };
-    let open = || gw.metrics.connections_open.get_or_create(&http).get();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while open() > 1 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the gateway sees the close within 5 s");
+    open_connections(&gw, "http", |n| n <= 1).await;
     let wire = exchange(
         addr,
         b"GET /fourth HTTP/1.1\r\nHost: portal.test\r\nConnection: close\r\n\r\n",

@@ -68,15 +68,7 @@ async fn over_the_admin_limit_only_probes_are_served() {
     drop(hogs);
     // The full slots free up once the hogs are gone: once the gateway has seen every close (the
     // open connections gauge falls to 0, after each permit is back), /metrics is served again.
-    let label = consent_gateway::metrics::ListenerLabel { listener: "admin" };
-    let open = || gw.metrics.connections_open.get_or_create(&label).get();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while open() > 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{} admin connections still open after 10 s", open()));
+    open_connections(&gw, "admin", |n| n == 0).await;
     assert_eq!(
         admin(&gw, "/metrics").await.status,
         200,

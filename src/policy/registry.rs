@@ -173,24 +173,9 @@ impl HostPolicy {
     /// Builds the lookup indexes, the name, the upstream SNI and the upstream client key. The
     /// caller has checked that names and prefixes are unique.
     pub fn new(spec: HostSpec) -> Self {
-        let HostSpec {
-            file,
-            hosts,
-            upstream,
-            upstream_host,
-            upstream_ca,
-            mode,
-            unknown_cookies,
-            strip_request_cookies,
-            purge,
-            purge_unknown,
-            consent,
-            gpc,
-            cookies,
-        } = spec;
         let mut exact = HashMap::default();
         let mut prefixes = Vec::new();
-        for (i, c) in cookies.iter().enumerate() {
+        for (i, c) in spec.cookies.iter().enumerate() {
             match &c.matcher {
                 CookieMatcher::Name(n) => {
                     exact.entry(n.as_bytes().into()).or_insert(i);
@@ -199,8 +184,13 @@ impl HostPolicy {
             }
         }
         prefixes.sort_by_key(|p: &(Box<[u8]>, usize)| std::cmp::Reverse(p.0.len()));
-        let name = hosts.first().map(ToString::to_string).unwrap_or_default();
-        let upstream_sni: Option<Box<str>> = upstream_host
+        let name = spec
+            .hosts
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let upstream_sni: Option<Box<str>> = spec
+            .upstream_host
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .map(|h| {
@@ -210,7 +200,7 @@ impl HostPolicy {
         let upstream_client_key = {
             use sha2::{Digest, Sha256};
             let mut k = Sha256::new();
-            match &upstream_ca {
+            match &spec.upstream_ca {
                 Some(t) => {
                     k.update([1]);
                     k.update(t.digest);
@@ -224,22 +214,22 @@ impl HostPolicy {
             k.finalize().into()
         };
         HostPolicy {
-            file,
+            file: spec.file,
             name,
-            hosts,
-            upstream,
-            upstream_host,
-            upstream_ca,
+            hosts: spec.hosts,
+            upstream: spec.upstream,
+            upstream_host: spec.upstream_host,
+            upstream_ca: spec.upstream_ca,
             upstream_sni,
             upstream_client_key,
-            mode,
-            unknown_cookies,
-            strip_request_cookies,
-            purge,
-            purge_unknown,
-            consent,
-            gpc,
-            cookies,
+            mode: spec.mode,
+            unknown_cookies: spec.unknown_cookies,
+            strip_request_cookies: spec.strip_request_cookies,
+            purge: spec.purge,
+            purge_unknown: spec.purge_unknown,
+            consent: spec.consent,
+            gpc: spec.gpc,
+            cookies: spec.cookies,
             exact,
             prefixes,
         }
@@ -300,40 +290,14 @@ impl Registry {
 mod tests {
     use super::*;
 
-    pub(crate) fn entry(matcher: CookieMatcher, category: &str) -> CookieEntry {
-        CookieEntry {
-            matcher,
-            category: category.into(),
-            necessary: category == NECESSARY,
-            refused_by_gpc: false,
-            consent: vec![category.into()],
-            provider: None,
-            function: None,
-            purpose: None,
-            domains: vec![],
-            path: "/".into(),
+    /// A host whose registry is `entries` (`("name" or "prefix", value, category)`), compiled
+    /// from a registry file as `check` reads it.
+    fn policy(entries: &[(&str, &str, &str)]) -> HostPolicy {
+        let mut text = String::from("hosts = [\"t.example\"]\nupstream = \"http://127.0.0.1:1\"\n");
+        for (kind, value, category) in entries {
+            text += &format!("[[cookie]]\n{kind} = \"{value}\"\ncategory = \"{category}\"\n");
         }
-    }
-
-    /// A host whose registry is `cookies`, the rest the test host's
-    /// (`tests/fixtures/t.example.toml`).
-    fn policy(cookies: Vec<CookieEntry>) -> HostPolicy {
-        let t = crate::config::fixture::host_policy("");
-        HostPolicy::new(HostSpec {
-            file: t.file,
-            hosts: t.hosts,
-            upstream: t.upstream,
-            upstream_host: t.upstream_host,
-            upstream_ca: t.upstream_ca,
-            mode: t.mode,
-            unknown_cookies: t.unknown_cookies,
-            strip_request_cookies: t.strip_request_cookies,
-            purge: t.purge,
-            purge_unknown: t.purge_unknown,
-            consent: t.consent,
-            gpc: t.gpc,
-            cookies,
-        })
+        crate::config::parse_host_file(std::path::Path::new("t.toml"), &text).unwrap()
     }
 
     fn category_of<'a>(p: &'a HostPolicy, name: &str) -> Option<&'a str> {
@@ -342,9 +306,9 @@ mod tests {
 
     #[test]
     fn exact_name_beats_prefix() {
-        let p = policy(vec![
-            entry(CookieMatcher::Prefix("_ga".into()), "statistical"),
-            entry(CookieMatcher::Name("_gat".into()), "necessary"),
+        let p = policy(&[
+            ("prefix", "_ga", "statistical"),
+            ("name", "_gat", "necessary"),
         ]);
         assert_eq!(category_of(&p, "_gat"), Some("necessary"));
         assert_eq!(category_of(&p, "_ga_X"), Some("statistical"));
@@ -352,10 +316,10 @@ mod tests {
 
     #[test]
     fn prefix_match_prefers_longest() {
-        let p = policy(vec![
-            entry(CookieMatcher::Prefix("_ga".into()), "a"),
-            entry(CookieMatcher::Prefix("_ga_".into()), "b"),
-            entry(CookieMatcher::Prefix("_".into()), "c"),
+        let p = policy(&[
+            ("prefix", "_ga", "a"),
+            ("prefix", "_ga_", "b"),
+            ("prefix", "_", "c"),
         ]);
         assert_eq!(category_of(&p, "_ga_ABC"), Some("b"));
         assert_eq!(category_of(&p, "_gax"), Some("a"));
@@ -365,9 +329,9 @@ mod tests {
 
     #[test]
     fn names_are_case_sensitive() {
-        let p = policy(vec![
-            entry(CookieMatcher::Name("sessionid".into()), "necessary"),
-            entry(CookieMatcher::Prefix("_pk_id.".into()), "statistical"),
+        let p = policy(&[
+            ("name", "sessionid", "necessary"),
+            ("prefix", "_pk_id.", "statistical"),
         ]);
         assert_eq!(category_of(&p, "SessionID"), None);
         assert_eq!(category_of(&p, "_PK_id.1"), None);
@@ -376,7 +340,7 @@ mod tests {
 
     #[test]
     fn non_utf8_name_matches_nothing_registered() {
-        let p = policy(vec![entry(CookieMatcher::Prefix("_".into()), "c")]);
+        let p = policy(&[("prefix", "_", "c")]);
         assert!(p.lookup(b"\xff\xfe").is_none());
         assert!(p.lookup(b"").is_none());
     }

@@ -699,3 +699,18 @@ where
         }
     })
 }
+
+/// Waits (at most 10 s) until `consent_gateway_connections_open{listener}` of the in-process
+/// gateway satisfies `done`: the gateway's own count of the connections it has accepted and not
+/// yet seen close (a connection's permit is back before it falls).
+pub async fn open_connections(gw: &Gateway, listener: &'static str, done: impl Fn(i64) -> bool) {
+    let label = consent_gateway::metrics::ListenerLabel { listener };
+    let open = || gw.metrics.connections_open.get_or_create(&label).get();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !done(open()) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{listener}: {} connections open after 10 s", open()));
+}
