@@ -1,15 +1,39 @@
-//! The request path, from a client's request to the downstream response.
+//! The request path: one request from the client to the upstream and back. Read it in this order.
 //!
-//! [`Proxy::handle`] cannot fail: it loads the registry snapshot once, runs
-//! [`Proxy::try_handle`], turns any [`ProxyError`] into a response, counts and logs. In
-//! `try_handle`: find the host's policy (421 if none), read the consent once, forward the request
-//! with hop-by-hop headers removed and `X-Forwarded-*` set, wait for the upstream response head
-//! (bounded by `upstream_response_timeout`), filter its `Set-Cookie` headers, add `Vary: Cookie`,
-//! and stream the body back. A 101 upgrade is filtered the same way, then tunnelled.
+//! 1. The edge ([`crate::edge::server`]) accepted the connection and hyper parsed the request
+//!    head. An HTTP/1 request carries the head scanner's verdict on the bytes of that very head
+//!    ([`crate::edge::scanner`] says how the two are paired). The edge calls [`Proxy::handle`].
+//! 2. [`Proxy::handle`] cannot fail: it runs `Proxy::try_handle`, turns a [`ProxyError`] into a
+//!    short response ([`error`]), writes the access log line and counts; a client that goes away
+//!    before its response is complete is logged with status 499.
+//! 3. `Proxy::try_handle`, one step after the other:
+//!    - the host the request is for ([`header_ops::request_host`]) and the request checks
+//!      ([`checks`]: the head verdict, `CONNECT`/`TRACE`, framing, `Host` against the target):
+//!      400 or 405, nothing forwarded;
+//!    - the host's policy in the registry snapshot (421 if none); the snapshot is held to the
+//!      end of the request;
+//!    - the consent, read once from the `Cookie` header ([`crate::policy::consent`]); the
+//!      inventory sees every cookie name the browser sent;
+//!    - the request side of the policy: refused cookies stripped, purge candidates noted
+//!      ([`crate::policy::filter::strip_request`]);
+//!    - the head rewritten for the upstream ([`header_ops::to_upstream`]: hop-by-hop headers,
+//!      `X-Forwarded-*`, `Host`, the upstream's target);
+//!    - sent through the host's pooled client ([`upstream`]) by `Proxy::send_upstream`, a
+//!      bodiless request detached from the client; the wait for the response head is bounded by
+//!      `upstream_response_timeout`;
+//!    - the response head rewritten for the client ([`header_ops::to_client`]); a 1xx's
+//!      `Set-Cookie` fields were counted as dropped on the way (hyper forwards no 1xx);
+//!    - its `Set-Cookie` headers judged, purge deletions added, `Vary: Cookie`
+//!      (`Proxy::filter_set_cookies`, [`crate::policy::filter::filter_response`]), each decision
+//!      counted;
+//!    - one audit record if anything was decided ([`crate::audit`]); the request-side counters;
+//!    - the body streamed back ([`body`]: an idle timeout between frames, `Set-Cookie` fields
+//!      of its trailers removed); after a 101, the two upgraded connections joined in a tunnel.
 
 pub mod body;
 pub mod checks;
 pub mod error;
+pub mod header_ops;
 pub mod upstream;
 
 pub use body::UpstreamBody;
@@ -18,23 +42,27 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{request, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::config::{Cidr, Limits};
-use crate::control::live::Live;
+use crate::control::live::{Live, Snapshot};
 use crate::inventory::{Inventory, Shard};
 use crate::metrics::{CounterCache, HostKind, HostLabel, Metrics};
+use crate::policy::consent::Consent;
 use crate::policy::decide::Verdict;
-use crate::policy::filter::{add_vary_cookie, filter_response, strip_request, Exchange, Summary};
+use crate::policy::filter::{
+    add_vary_cookie, filter_response, strip_request, Exchange, RequestSide, Summary,
+};
 use crate::policy::jar::RequestUrl;
 use crate::policy::registry::{HostPolicy, Mode};
 use crate::proxy::body::{IdleBody, ProxyBody, SideDoor};
 use crate::proxy::error::ProxyError;
+use header_ops::Forwarded;
 use upstream::{UpstreamClient, Upstreams};
-
 /// Everything the request path needs.
 pub struct Proxy {
     live: Arc<Live>,
@@ -112,19 +140,23 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// What an audit record needs from the request, kept from before it is forwarded (its path
-/// is the URL's, kept anyway). Clones share their bytes: nothing is copied unless a record is
-/// made.
-struct AuditRequest {
+/// What an audit record needs from the request, kept from before it is forwarded. Clones
+/// share their bytes: nothing is copied unless a record is made.
+struct AuditRequest<'a> {
+    sink: &'a crate::audit::Sink,
     method: http::Method,
+    /// The request's path (the URL's, kept anyway): the audit log holds no query strings.
+    path: &'a str,
     /// The `Cookie` headers as the browser sent them (for the consent cookie's digest).
     cookies: Vec<HeaderValue>,
 }
 
-impl AuditRequest {
-    fn new<B>(req: &Request<B>) -> Self {
+impl<'a> AuditRequest<'a> {
+    fn new<B>(sink: &'a crate::audit::Sink, req: &Request<B>, path: &'a str) -> Self {
         AuditRequest {
+            sink,
             method: req.method().clone(),
+            path,
             cookies: req
                 .headers()
                 .get_all(header::COOKIE)
@@ -133,22 +165,63 @@ impl AuditRequest {
                 .collect(),
         }
     }
+
+    /// Hands the sink one record of the response, if the gateway decided anything in it. The
+    /// consent recorded is the one the filter judged by (the upstream's own consent cookie may
+    /// have set it).
+    fn record(
+        self,
+        snapshot: &Snapshot,
+        policy: &HostPolicy,
+        consent: &Consent,
+        side: &RequestSide<'_>,
+        filtered: &mut Filtered<'_>,
+        status: StatusCode,
+    ) {
+        let Some(mut draft) = filtered.audit.take() else {
+            return;
+        };
+        // One record per response in which the gateway decided anything.
+        if filtered.summary.any() || side.stripped > 0 || !filtered.purged.is_empty() {
+            draft.head(&crate::audit::ResponseHead {
+                time_ms: crate::unix_now_ms(),
+                host: &policy.name,
+                generation: snapshot.generation,
+                registry_digest: &snapshot.registry.digest,
+                mode: policy.mode.as_str(),
+                method: self.method.as_str(),
+                path: self.path,
+                status: status.as_u16(),
+            });
+            draft.consent(
+                &policy.consent,
+                &self.cookies,
+                filtered.changed.as_ref().unwrap_or(consent),
+            );
+            for n in &side.stripped_names {
+                draft.stripped(n);
+            }
+            for n in &filtered.purged {
+                draft.purged(n);
+            }
+            self.sink.response(&draft);
+        }
+    }
 }
 
-/// Headers that only concern one connection (RFC 9110 §7.6.1), besides those `Connection` names.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// What the response side of the policy did: for the access log, the counters and the audit
+/// record.
+struct Filtered<'s> {
+    summary: Summary,
+    /// The browser cookies purged (would be, in report-only mode), by name.
+    purged: Vec<&'s [u8]>,
+    /// The consent the filter judged by, when the response's own consent cookie changed it
+    /// (`None`: the request's stands).
+    changed: Option<Consent>,
+    /// With the audit log: the record being built (one buffer), each `Set-Cookie` decision in
+    /// it as it came.
+    audit: Option<crate::audit::ResponseDraft>,
+}
 
 impl Proxy {
     pub fn new(
@@ -282,7 +355,6 @@ impl Proxy {
         };
         Response::from_parts(parts, body)
     }
-
     async fn try_handle(
         &self,
         mut req: Request<Incoming>,
@@ -291,15 +363,15 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // The snapshot is held to the end of the request (and of its tunnel, if it upgrades).
         let snapshot = self.live.load();
-        let host = request_host(&req)?;
+        let host = header_ops::request_host(&req)?;
         checks::check_request(&mut req)?;
         let policy: &Arc<HostPolicy> = snapshot
             .registry
-            .lookup(host.as_bytes())
+            .lookup(host.as_str().as_bytes())
             .ok_or(ProxyError::UnknownHost)?;
         outcome.policy = Some(Arc::clone(policy));
 
-        let downstream_version = req.version();
+        // What the browser consents to and what it sent, read before anything is changed.
         let consent = crate::policy::consent::from_request_headers(&policy.consent, req.headers());
         if let Some(shard) = &self.inventory {
             // Every name the browser sent, before the request side strips any.
@@ -307,70 +379,128 @@ impl Proxy {
                 .recorder(policy, crate::unix_now())
                 .request_cookies(req.headers());
         }
+        let client_version = req.version();
         // Shares the request's bytes: the URL cookies are judged against (rule 4, purge).
         let request_uri = req.uri().clone();
-        let upgrade = requested_upgrade(req.headers());
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        // With the audit log on: what a record of this request needs, read before the request is
-        // changed and sent (the `Cookie` values are shared, not copied).
+        // With the audit log on: what a record of this request needs (the `Cookie` values are
+        // shared, not copied).
         let audit = self
             .audit
             .as_ref()
-            .map(|sink| (sink, AuditRequest::new(&req)));
+            .map(|sink| AuditRequest::new(sink, &req, request_uri.path()));
+        let upgrade = header_ops::requested_upgrade(req.headers());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
+        // The request the upstream gets: refused cookies stripped, the head rewritten.
         let (mut parts, body) = req.into_parts();
         let side = strip_request(policy, &consent, &mut parts.headers);
-        strip_hop_by_hop(&mut parts.headers);
+        let from = Forwarded::new(peer, &self.trusted_proxies, self.scheme, &host);
+        header_ops::to_upstream(&mut parts, policy, &from, upgrade.as_ref())?;
         // Trailers reach an HTTP/2 client, and an HTTP/1.1 client that said `TE: trailers` (the
         // only TE value left now): the response head then keeps its `Trailer` field.
         let takes_trailers =
-            downstream_version == http::Version::HTTP_2 || parts.headers.contains_key(header::TE);
-        parts.headers.remove(header::EXPECT);
-        if let Some(proto) = &upgrade {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, proto.clone());
-        }
-        self.set_forwarded(&mut parts.headers, &host, peer);
-        match &policy.upstream_host {
-            Some(h) => {
-                parts.headers.insert(header::HOST, h.clone());
-            }
-            None => {
-                if !parts.headers.contains_key(header::HOST) {
-                    // Absolute-form request without Host: keep the name the client asked for.
-                    let v = HeaderValue::from_str(&host).map_err(|_| ProxyError::BadHost)?;
-                    parts.headers.insert(header::HOST, v);
-                }
-            }
-        }
-        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        parts.uri = Uri::builder()
-            .scheme(policy.upstream.scheme.clone())
-            .authority(policy.upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| ProxyError::BadRequest)?;
-        parts.version = http::Version::HTTP_11;
-        // `upstream_response_timeout` bounds the wait for the response head once the request
-        // has been sent: a slow upload is bounded by `idle_timeout` between its frames instead.
-        let (sent_tx, sent) = tokio::sync::oneshot::channel();
-        let mut upstream_req = Request::from_parts(
-            parts,
-            IdleBody::new(body, self.limits.idle_timeout).notify_end(sent_tx),
-        );
+            client_version == Version::HTTP_2 || parts.headers.contains_key(header::TE);
         // A cookie outside the response head is never forwarded (SPEC, Trailers): the body
-        // removes the trailers' ([`ProxyBody`]). hyper's client reads 1xx responses and passes
-        // none on (and its server sends no 1xx but its own 100 Continue), so a 1xx's cookies
-        // never reach the client; this hook only counts and logs those of an HTTP/1.1 upstream
-        // (the HTTP/2 library skips an HTTP/2 upstream's 1xx without showing them).
+        // removes the trailers' ([`ProxyBody`]), and a 1xx's are counted (`send_upstream`).
         let side_door = SideDoor {
             metrics: Arc::clone(&self.metrics),
             policy: Arc::clone(policy),
         };
-        let informational = side_door.clone();
-        hyper::ext::on_informational(&mut upstream_req, move |res| {
+        let mut resp = self
+            .send_upstream(
+                policy,
+                parts,
+                body,
+                client_version,
+                upgrade.is_some(),
+                side_door.clone(),
+            )
+            .await?;
+
+        // The response head the client gets.
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
+        let (mut parts, body) = resp.into_parts();
+        let upgraded = if switching {
+            if client_upgrade.is_none() {
+                // The upstream switched protocols on a request that did not ask to.
+                return Err(ProxyError::UpstreamProtocol);
+            }
+            parts.headers.get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
+        header_ops::to_client(&mut parts, client_version, takes_trailers, upgraded);
+
+        // Its cookies: judged, purged, counted, audited.
+        let exchange = Exchange {
+            url: RequestUrl::new(host.as_str(), request_uri.path(), self.scheme == "https"),
+            now: crate::unix_now(),
+            max_purge_headers: self.limits.max_purge_headers,
+        };
+        let mut filtered = self.filter_set_cookies(
+            policy,
+            &consent,
+            &side,
+            &mut parts.headers,
+            &exchange,
+            audit.is_some(),
+        );
+        if filtered.summary.any() || (!filtered.purged.is_empty() && policy.mode == Mode::Enforce) {
+            add_vary_cookie(&mut parts.headers);
+        }
+        if let Some(request) = audit {
+            request.record(
+                &snapshot,
+                policy,
+                &consent,
+                &side,
+                &mut filtered,
+                parts.status,
+            );
+        }
+        self.count_request_side(policy, &side, &filtered);
+        outcome.cookies = filtered.summary;
+        outcome.stripped = side.stripped;
+        outcome.purged = filtered.purged.len();
+
+        if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
+            tokio::spawn(tunnel(client, upstream, Arc::clone(&snapshot)));
+        }
+        Ok(Response::from_parts(
+            parts,
+            ProxyBody::Upstream(
+                IdleBody::new(body, self.limits.idle_timeout),
+                Some(side_door),
+            ),
+        ))
+    }
+
+    /// Sends the upstream request through the host's pooled client and waits for the response
+    /// head. `upstream_response_timeout` bounds the wait once the request has been sent: a slow
+    /// upload is bounded by `idle_timeout` between its frames instead. A bodiless request that is
+    /// not an upgrade (`tunnel`) is sent from a task of its own ([`exchange_detached`]). The
+    /// `Set-Cookie` fields of an informational (1xx) response are counted as dropped through
+    /// `informational`.
+    async fn send_upstream(
+        &self,
+        policy: &HostPolicy,
+        parts: request::Parts,
+        body: Incoming,
+        client_version: Version,
+        tunnel: bool,
+        informational: SideDoor,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let (sent_tx, sent) = tokio::sync::oneshot::channel();
+        let mut req = Request::from_parts(
+            parts,
+            IdleBody::new(body, self.limits.idle_timeout).notify_end(sent_tx),
+        );
+        // hyper's client reads 1xx responses and passes none on (and its server sends no 1xx but
+        // its own 100 Continue), so a 1xx's cookies never reach the client; this hook only counts
+        // and logs those of an HTTP/1.1 upstream (the HTTP/2 library skips an HTTP/2 upstream's
+        // 1xx without showing them).
+        hyper::ext::on_informational(&mut req, move |res| {
             let cookies: Vec<HeaderValue> = res
                 .headers()
                 .get_all(header::SET_COOKIE)
@@ -379,7 +509,6 @@ impl Proxy {
                 .collect();
             informational.dropped(&cookies, "1xx");
         });
-
         let client = self.upstreams.client_for(policy).map_err(|e| {
             tracing::error!(host = %policy.name, "cannot build the upstream client: {e}");
             ProxyError::UpstreamConnect
@@ -391,93 +520,63 @@ impl Proxy {
             let _ = sent.await;
             tokio::time::sleep(response_timeout).await;
         };
-        if downstream_version == http::Version::HTTP_2 {
+        if client_version == Version::HTTP_2 {
             // Let the connection read what followed this stream's HEADERS first: a stream the
             // client resets at once (rapid reset sends HEADERS and RST_STREAM together) is then
             // dropped here, before it costs the origin anything.
             tokio::task::yield_now().await;
         }
-        let sent = if upgrade.is_none() && hyper::body::Body::is_end_stream(upstream_req.body()) {
+        let sent = if !tunnel && hyper::body::Body::is_end_stream(req.body()) {
             // No body to stream: the exchange runs detached, so that a client that cancels
             // (closes, resets its stream) does not abort the upstream connect or the request
             // on a pooled connection, which would cost a new upstream connection each time.
-            exchange_detached(client, upstream_req, response_timeout).await
+            exchange_detached(client, req, response_timeout).await
         } else {
             tokio::select! {
-                r = client.request(upstream_req) => Some(r),
+                r = client.request(req) => Some(r),
                 () = deadline => None,
             }
         };
-        let mut resp = match sent {
-            None => return Err(ProxyError::UpstreamTimeout),
+        match sent {
+            None => Err(ProxyError::UpstreamTimeout),
             Some(Err(e)) => {
                 tracing::debug!(error = ?e, "upstream request failed");
-                return Err(ProxyError::from_client(&e));
+                Err(ProxyError::from_client(&e))
             }
-            Some(Ok(r)) => r,
-        };
-
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
-        let (mut parts, body) = resp.into_parts();
-        let upgraded_proto = if switching {
-            if client_upgrade.is_none() {
-                // The upstream switched protocols on a request that did not ask to.
-                return Err(ProxyError::UpstreamProtocol);
-            }
-            parts.headers.get(header::UPGRADE).cloned()
-        } else {
-            None
-        };
-        let trailer = if takes_trailers && parts.headers.contains_key(header::TRAILER) {
-            crate::policy::filter::trailer_announcement(&parts.headers)
-        } else {
-            None
-        };
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(t) = trailer {
-            parts.headers.insert(header::TRAILER, t);
+            Some(Ok(r)) => Ok(r),
         }
-        // An intermediary sends its own version (RFC 9110 §6.2): an HTTP/1.0 (or HTTP/2)
-        // upstream must not turn the client's HTTP/1.1 connection into a closing HTTP/1.0 one.
-        // hyper itself answers an HTTP/1.0 client in HTTP/1.0.
-        parts.version = if downstream_version == http::Version::HTTP_2 {
-            http::Version::HTTP_2
-        } else {
-            http::Version::HTTP_11
-        };
-        if let Some(proto) = upgraded_proto {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, proto);
-        }
+    }
 
-        let now = crate::unix_now();
-        let exchange = Exchange {
-            url: RequestUrl::new(&host, request_uri.path(), self.scheme == "https"),
-            now,
-            max_purge_headers: self.limits.max_purge_headers,
-        };
+    /// The response side of the policy on the response head's `headers`
+    /// ([`filter_response`]): each `Set-Cookie` judged (and shown to the inventory), purge
+    /// deletions added; each decision counted, a drop logged at debug, a would-be drop (report
+    /// only) at info. With `audit`, each decision also goes into an audit record.
+    fn filter_set_cookies<'s>(
+        &self,
+        policy: &Arc<HostPolicy>,
+        consent: &Consent,
+        side: &'s RequestSide<'_>,
+        headers: &mut HeaderMap,
+        exchange: &Exchange<'_>,
+        audit: bool,
+    ) -> Filtered<'s> {
         let metrics = &self.metrics;
         let mut groups: Vec<((&str, &'static str), u64)> = Vec::with_capacity(4);
         // The inventory sees every upstream Set-Cookie (attributes first, then each verdict).
-        let mut inventory = self.inventory.as_ref().map(|s| s.recorder(policy, now));
+        let mut inventory = self
+            .inventory
+            .as_ref()
+            .map(|s| s.recorder(policy, exchange.now));
         if let Some(rec) = inventory.as_mut() {
-            for v in parts.headers.get_all(header::SET_COOKIE) {
+            for v in headers.get_all(header::SET_COOKIE) {
                 rec.set_cookie(v.as_bytes());
             }
         }
         let no_consent = consent.source == crate::policy::consent::Source::Missing;
         // The audit record being built (one buffer): the filter's decisions go in as they come.
-        let mut audit_draft = audit.as_ref().map(|_| crate::audit::ResponseDraft::new());
-        let (summary, purged, changed) = filter_response(
-            policy,
-            &consent,
-            &side,
-            &mut parts.headers,
-            &exchange,
-            |sc, d| {
+        let mut audit_draft = audit.then(crate::audit::ResponseDraft::new);
+        let (summary, purged, changed) =
+            filter_response(policy, consent, side, headers, exchange, |sc, d| {
                 if let Some(draft) = audit_draft.as_mut() {
                     draft.set_cookie(
                         sc.name,
@@ -516,8 +615,7 @@ impl Proxy {
                         "set-cookie would be dropped (report-only)"
                     ),
                 }
-            },
-        );
+            });
         // Releases this worker's inventory shard (never held across an await).
         drop(inventory);
         if summary.purge_capped && policy.mode == Mode::Enforce {
@@ -545,41 +643,24 @@ impl Proxy {
             self.counters
                 .set_cookie(metrics, &policy.name, category, verdict, n);
         }
-        let purged_names = purged;
-        let purged = purged_names.len();
+        Filtered {
+            summary,
+            purged,
+            changed,
+            audit: audit_draft,
+        }
+    }
+
+    /// Counts the browser cookies stripped and purged (would be, in report-only mode, where a
+    /// line says so too).
+    fn count_request_side(
+        &self,
+        policy: &HostPolicy,
+        side: &RequestSide<'_>,
+        filtered: &Filtered<'_>,
+    ) {
         let enforce = policy.mode == Mode::Enforce;
-        if summary.any() || (purged > 0 && enforce) {
-            add_vary_cookie(&mut parts.headers);
-        }
-        if let (Some((sink, request)), Some(mut draft)) = (audit, audit_draft) {
-            // One record per response in which the gateway decided anything. The consent is
-            // the one the filter judged by (the upstream's own consent cookie may have set it).
-            if summary.any() || side.stripped > 0 || purged > 0 {
-                draft.head(&crate::audit::ResponseHead {
-                    time_ms: crate::unix_now_ms(),
-                    host: &policy.name,
-                    generation: snapshot.generation,
-                    registry_digest: &snapshot.registry.digest,
-                    mode: policy.mode.as_str(),
-                    method: request.method.as_str(),
-                    // Only the path: the audit log holds no query strings.
-                    path: request_uri.path(),
-                    status: parts.status.as_u16(),
-                });
-                draft.consent(
-                    &policy.consent,
-                    &request.cookies,
-                    changed.as_ref().unwrap_or(&consent),
-                );
-                for n in &side.stripped_names {
-                    draft.stripped(n);
-                }
-                for n in &purged_names {
-                    draft.purged(n);
-                }
-                sink.response(&draft);
-            }
-        }
+        let purged = filtered.purged.len();
         self.count_request_cookies(
             policy,
             side.stripped,
@@ -598,33 +679,6 @@ impl Proxy {
                 "browser cookies refused by consent (report-only: nothing changed)"
             );
         }
-        outcome.cookies = summary;
-        outcome.stripped = side.stripped;
-        outcome.purged = purged;
-
-        if let (Some(client), Some(upstream)) = (client_upgrade, upstream_upgrade) {
-            let held = Arc::clone(&snapshot);
-            tokio::spawn(async move {
-                let _registry = held;
-                match tokio::try_join!(client, upstream) {
-                    Ok((c, u)) => {
-                        let mut c = TokioIo::new(c);
-                        let mut u = TokioIo::new(u);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                            tracing::debug!(error = %e, "upgraded tunnel closed with an error");
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-                }
-            });
-        }
-        Ok(Response::from_parts(
-            parts,
-            ProxyBody::Upstream(
-                IdleBody::new(body, self.limits.idle_timeout),
-                Some(side_door),
-            ),
-        ))
     }
 
     fn count_request_cookies(&self, policy: &HostPolicy, n: usize, action: &'static str) {
@@ -633,38 +687,21 @@ impl Proxy {
                 .request_cookies(&self.metrics, &policy.name, action, n as u64);
         }
     }
+}
 
-    /// `X-Forwarded-For`, `-Proto` and `-Host`: kept (and appended to) only from trusted proxies.
-    fn set_forwarded(&self, headers: &mut HeaderMap, host: &str, peer: SocketAddr) {
-        let ip = peer.ip().to_canonical();
-        let trusted = self.trusted_proxies.iter().any(|c| c.contains(ip));
-        let prior: Vec<&str> = if trusted {
-            headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let xff = if prior.is_empty() {
-            ip_header_value(ip)
-        } else {
-            HeaderValue::from_str(&format!("{}, {ip}", prior.join(", "))).ok()
-        };
-        if let Some(v) = xff {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
-        if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
-        }
-        if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-            if let Ok(v) = HeaderValue::from_str(host) {
-                headers.insert(X_FORWARDED_HOST, v);
+/// Joins the client's and the upstream's connections after a 101 until either side closes.
+/// `held` is the registry snapshot the request was served with, kept as long as the tunnel.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, held: Arc<Snapshot>) {
+    let _registry = held;
+    match tokio::try_join!(client, upstream) {
+        Ok((c, u)) => {
+            let mut c = TokioIo::new(c);
+            let mut u = TokioIo::new(u);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                tracing::debug!(error = %e, "upgraded tunnel closed with an error");
             }
         }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
     }
 }
 
@@ -712,114 +749,6 @@ async fn drain_abandoned(mut body: Incoming) {
     let _ = tokio::time::timeout(ABANDONED_DRAIN_TIME, drain).await;
 }
 
-/// An address as a header value. IPv4 is written by hand: `Display` through `fmt` cost more than
-/// the rest of the forwarding headers together (callgrind).
-fn ip_header_value(ip: std::net::IpAddr) -> Option<HeaderValue> {
-    let std::net::IpAddr::V4(v4) = ip else {
-        return HeaderValue::from_str(&ip.to_string()).ok();
-    };
-    let mut buf = [0u8; 15];
-    let mut n = 0;
-    for (i, o) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            buf[n] = b'.';
-            n += 1;
-        }
-        if o >= 100 {
-            buf[n] = b'0' + o / 100;
-            n += 1;
-        }
-        if o >= 10 {
-            buf[n] = b'0' + (o / 10) % 10;
-            n += 1;
-        }
-        buf[n] = b'0' + o % 10;
-        n += 1;
-    }
-    HeaderValue::from_bytes(&buf[..n]).ok()
-}
-
-/// The host a request is for: the authority of an absolute-form target, else the one `Host`
-/// header. Returned as sent (port included); the registry lookup normalises it.
-fn request_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
-    if let Some(a) = req.uri().authority() {
-        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400, absolute-form or not.
-        if req.version() == http::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
-            return Err(ProxyError::NoHost);
-        }
-        return Ok(a.as_str().to_owned());
-    }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next().ok_or(ProxyError::NoHost)?;
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadHost);
-    }
-    let host = host.to_str().map_err(|_| ProxyError::BadHost)?.trim();
-    if host.is_empty() {
-        return Err(ProxyError::BadHost);
-    }
-    Ok(host.to_owned())
-}
-
-/// The protocol a request asks to upgrade to (`Connection: upgrade` and an `Upgrade` value).
-fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
-    });
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
-}
-
-/// Removes hop-by-hop headers: those `Connection` names, the fixed list, and `TE` unless it is
-/// `trailers`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of these but `Connection`: one pass over the names (standard
-    // names compare as small integers) instead of a hash lookup per name.
-    let (mut connection, mut fixed, mut has_te) = (false, false, false);
-    for name in headers.keys() {
-        if name == header::CONNECTION {
-            connection = true;
-        } else if name == header::TE {
-            has_te = true;
-        } else if HOP_BY_HOP.contains(name) {
-            fixed = true;
-        }
-    }
-    if connection {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    if connection || fixed {
-        for name in &HOP_BY_HOP {
-            headers.remove(name);
-        }
-    }
-    if let Some(te) = headers.get(header::TE).filter(|_| has_te) {
-        let trailers = te.as_bytes().split(|&b| b == b',').any(|t| {
-            t.split(|&b| b == b';')
-                .next()
-                .is_some_and(|n| n.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-        });
-        if trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        } else {
-            headers.remove(header::TE);
-        }
-    }
-}
-
 /// The response for a request the gateway could not proxy.
 pub fn error_response(e: ProxyError) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(e.body()));
@@ -834,119 +763,4 @@ pub fn error_response(e: ProxyError) -> Response<ProxyBody> {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_removed() {
-        let mut h = map(&[
-            ("connection", "keep-alive, X-Secret"),
-            ("x-secret", "1"),
-            ("keep-alive", "timeout=5"),
-            ("proxy-connection", "keep-alive"),
-            ("te", "gzip"),
-            ("trailer", "x"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("proxy-authorization", "Basic x"),
-            ("cookie", "a=1"),
-            ("accept", "*/*"),
-        ]);
-        strip_hop_by_hop(&mut h);
-        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        left.sort_unstable();
-        assert_eq!(left, vec!["accept", "cookie"]);
-    }
-
-    #[test]
-    fn addresses_are_written_as_display_writes_them() {
-        for ip in [
-            "0.0.0.0",
-            "127.0.0.1",
-            "10.20.30.40",
-            "255.255.255.255",
-            "1.10.100.9",
-            "::1",
-            "2001:db8::8a2e:370:7334",
-        ] {
-            let ip: std::net::IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_header_value(ip).unwrap(), ip.to_string().as_str());
-        }
-        for o in 0..=255u8 {
-            let ip = std::net::IpAddr::from([o, 255 - o, o / 3, o / 17]);
-            assert_eq!(ip_header_value(ip).unwrap(), ip.to_string().as_str());
-        }
-    }
-
-    #[test]
-    fn te_trailers_is_kept() {
-        let mut h = map(&[("te", "trailers, deflate;q=0.5")]);
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.get("te").unwrap(), "trailers");
-        let mut h = map(&[("te", "gzip"), ("accept", "*/*")]);
-        strip_hop_by_hop(&mut h);
-        assert!(h.get("te").is_none());
-        // Named by Connection: removed even when it says trailers.
-        let mut h = map(&[("connection", "te"), ("te", "trailers")]);
-        strip_hop_by_hop(&mut h);
-        assert!(h.is_empty(), "{h:?}");
-        // Only one of the fixed list, without Connection.
-        let mut h = map(&[("keep-alive", "timeout=5"), ("accept", "*/*")]);
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        // Nothing to remove: nothing changes.
-        let mut h = map(&[("accept", "*/*"), ("cookie", "a=1"), ("cookie", "b=2")]);
-        let before = h.clone();
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h, before);
-    }
-
-    #[test]
-    fn upgrade_needs_connection_upgrade() {
-        assert!(requested_upgrade(&map(&[
-            ("connection", "keep-alive, Upgrade"),
-            ("upgrade", "websocket")
-        ]))
-        .is_some());
-        assert!(requested_upgrade(&map(&[("upgrade", "websocket")])).is_none());
-        assert!(requested_upgrade(&map(&[("connection", "upgrade")])).is_none());
-    }
-
-    #[test]
-    fn host_comes_from_the_one_host_header() {
-        let req = |hs: &[&str]| {
-            let mut b = Request::builder().uri("/x");
-            for h in hs {
-                b = b.header("host", *h);
-            }
-            b.body(()).unwrap()
-        };
-        assert_eq!(
-            request_host(&req(&["a.example:8080"])),
-            Ok("a.example:8080".into())
-        );
-        assert_eq!(request_host(&req(&[])), Err(ProxyError::NoHost));
-        assert_eq!(request_host(&req(&["a", "b"])), Err(ProxyError::BadHost));
-        assert_eq!(request_host(&req(&[""])), Err(ProxyError::BadHost));
-        let abs = Request::builder()
-            .uri("http://b.example/x")
-            .header("host", "a")
-            .body(())
-            .unwrap();
-        assert_eq!(request_host(&abs), Ok("b.example".into()));
-    }
 }
