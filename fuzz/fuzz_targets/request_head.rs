@@ -10,7 +10,7 @@ fn verdicts<'a>(reads: impl Iterator<Item = &'a [u8]>) -> Vec<HeadVerdict> {
     let mut s = HeadScanner::new(4096);
     let mut out = Vec::new();
     for r in reads {
-        s.feed(r, &mut |v| out.push(v));
+        s.feed(r, &mut |j| out.push(j.verdict));
     }
     out
 }

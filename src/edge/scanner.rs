@@ -13,12 +13,25 @@
 //!
 //! The first two are invisible in the parsed request, so [`HeadCheck`] reads the bytes hyper
 //! reads, finds each request head with hyper's own framing rules (httparse for the head, the same
-//! chunked grammar for bodies), and queues one [`HeadVerdict`] per head. HTTP/1 serves requests of
-//! a connection one after the other, so the server hands the n-th verdict to the n-th request (as
-//! a request extension) and [`check_request`](crate::proxy::checks::check_request) turns a bad one into a 400 + `Connection: close`
-//! before anything reaches the upstream. When the scanner loses track (a head it cannot parse, a
-//! malformed chunked body), it stops and every later request of that connection finds no verdict:
-//! [`HeadVerdict::Unvetted`], refused. hyper closes those connections anyway.
+//! chunked grammar for bodies), and judges each head.
+//!
+//! # Each request carries the verdict on its own head
+//!
+//! This is the one place that pairs a verdict with a request; the rest of the request path only
+//! reads it. For each head it finds, the scanner queues a [`Judged`]: the [`HeadVerdict`] and the
+//! head's identity, its method and target hashed with a key of the connection's own (the target
+//! as `http::Uri` holds it: authority, and path and query without a fragment). hyper hands a
+//! connection's requests to the service one at a time, in the order of their heads, so the oldest
+//! verdict queued is the one for the request being handed out, as long as the scanner framed the
+//! stream as hyper did. The edge's service calls [`HeadChecks::attach`] on every HTTP/1 request
+//! before anything else: it takes that verdict, checks its identity against the request's method
+//! and target, and inserts it into the request's extensions. A verdict on another head (the
+//! scanner and hyper framed the stream differently: the one way a verdict could reach the wrong
+//! request) is replaced by [`HeadVerdict::Unvetted`], and so is a missing one (the scanner lost
+//! track: a head it cannot parse, a malformed chunked body, after which it stops; hyper closes
+//! those connections anyway). [`check_request`](crate::proxy::checks::check_request) turns a
+//! rejected or unvetted verdict into a 400 + `Connection: close` before anything reaches the
+//! upstream. A request without the extension is an HTTP/2 one.
 //!
 //! [`check_request`](crate::proxy::checks::check_request) also refuses what the parsed request shows: `CONNECT` (405: a reverse proxy
 //! opens no tunnels), `TRACE` (405), an absolute-form target or HTTP/2 `:authority` whose `Host` names another
@@ -28,6 +41,7 @@
 //! upgrade to `h2c` is removed rather than forwarded (h2c smuggling).
 
 use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -86,6 +100,15 @@ enum Chunk {
     TrailerLf,
 }
 
+/// The scanner's verdict on one request head, and which head it was (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judged {
+    pub verdict: HeadVerdict,
+    /// [`head_id`] of the head's method and target; `None` for a head refused before its
+    /// request line was read (too large, malformed).
+    head: Option<u64>,
+}
+
 /// Reads the client's bytes and yields one verdict per request head.
 #[derive(Debug)]
 pub struct HeadScanner {
@@ -96,6 +119,8 @@ pub struct HeadScanner {
     searched: usize,
     /// Largest head accepted (`max_header_bytes`, as hyper's parser is configured).
     max_head: usize,
+    /// The key of the heads' identities ([`head_id`]), shared with the service's end.
+    keys: RandomState,
 }
 
 impl HeadScanner {
@@ -105,6 +130,7 @@ impl HeadScanner {
             head: Vec::new(),
             searched: 0,
             max_head,
+            keys: RandomState::new(),
         }
     }
 
@@ -126,7 +152,7 @@ impl HeadScanner {
     }
 
     /// Feeds bytes read from the client; `verdict` is called once per complete request head.
-    pub fn feed(&mut self, mut data: &[u8], verdict: &mut impl FnMut(HeadVerdict)) {
+    pub fn feed(&mut self, mut data: &[u8], verdict: &mut impl FnMut(Judged)) {
         while !data.is_empty() {
             match self.phase {
                 Phase::Off => return,
@@ -155,12 +181,12 @@ impl HeadScanner {
     }
 
     /// Takes head bytes from `data`; returns what follows the head (if it ended).
-    fn feed_head<'a>(&mut self, data: &'a [u8], verdict: &mut impl FnMut(HeadVerdict)) -> &'a [u8] {
+    fn feed_head<'a>(&mut self, data: &'a [u8], verdict: &mut impl FnMut(Judged)) -> &'a [u8] {
         if self.head.is_empty() {
             // The usual case: the whole head in one read, judged where it lies.
             if let Some(start) = skip_empty_lines(data) {
                 if let Some(end) = find_head_end(&data[start..]).map(|e| start + e) {
-                    let (v, next) = judge(&data[start..end], self.max_head);
+                    let (v, next) = judge(&data[start..end], self.max_head, &self.keys);
                     self.judged(v, next, verdict);
                     return &data[end..];
                 }
@@ -186,16 +212,16 @@ impl HeadScanner {
             }
             return &[];
         };
-        let (v, next) = judge(&self.head[start..end], self.max_head);
+        let (v, next) = judge(&self.head[start..end], self.max_head, &self.keys);
         self.judged(v, next, verdict);
         // What followed the head in this read: body or the next request.
         &data[end - before..]
     }
 
     /// Reports a head's verdict and moves on to its body (or stops, for a refused head).
-    fn judged(&mut self, v: HeadVerdict, next: Phase, verdict: &mut impl FnMut(HeadVerdict)) {
+    fn judged(&mut self, v: Judged, next: Phase, verdict: &mut impl FnMut(Judged)) {
         verdict(v);
-        self.phase = if matches!(v, HeadVerdict::Rejected(_)) {
+        self.phase = if matches!(v.verdict, HeadVerdict::Rejected(_)) {
             // A refused request closes the connection: nothing after it is served.
             Phase::Off
         } else {
@@ -208,8 +234,11 @@ impl HeadScanner {
         self.searched = 0;
     }
 
-    fn reject(&mut self, r: Reason, verdict: &mut impl FnMut(HeadVerdict)) {
-        verdict(HeadVerdict::Rejected(r));
+    fn reject(&mut self, r: Reason, verdict: &mut impl FnMut(Judged)) {
+        verdict(Judged {
+            verdict: HeadVerdict::Rejected(r),
+            head: None,
+        });
         self.stop();
     }
 }
@@ -246,17 +275,33 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 /// Judges one complete head (from the request line to the empty line included) and says how its
 /// body is framed: hyper's rules for requests (chunked if `Transfer-Encoding`, else
 /// `Content-Length`, else no body).
-fn judge(head: &[u8], max_head: usize) -> (HeadVerdict, Phase) {
+fn judge(head: &[u8], max_head: usize, keys: &RandomState) -> (Judged, Phase) {
+    let unnamed = |r| {
+        let verdict = HeadVerdict::Rejected(r);
+        (
+            Judged {
+                verdict,
+                head: None,
+            },
+            Phase::Off,
+        )
+    };
     if head.len() > max_head {
-        return (HeadVerdict::Rejected(Reason::TooLarge), Phase::Off);
+        return unnamed(Reason::TooLarge);
     }
-    let reject = |r| (HeadVerdict::Rejected(r), Phase::Off);
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
         Ok(httparse::Status::Complete(n)) if n == head.len() => {}
-        _ => return reject(Reason::Malformed),
+        _ => return unnamed(Reason::Malformed),
     }
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return unnamed(Reason::Malformed);
+    };
+    let (authority, path_and_query) = split_target(target.as_bytes());
+    let id = Some(head_id(keys, method.as_bytes(), authority, path_and_query));
+    let named = |verdict, next| (Judged { verdict, head: id }, next);
+    let reject = |r| named(HeadVerdict::Rejected(r), Phase::Off);
     if head
         .iter()
         .enumerate()
@@ -290,12 +335,60 @@ fn judge(head: &[u8], max_head: usize) -> (HeadVerdict, Phase) {
         if codings > 1 || !chunked || req.version != Some(1) {
             return reject(Reason::TransferCoding);
         }
-        return (HeadVerdict::Clean, Phase::Chunked(Chunk::Start));
+        return named(HeadVerdict::Clean, Phase::Chunked(Chunk::Start));
     }
     match length {
-        Some(n) if n > 0 => (HeadVerdict::Clean, Phase::Length(n)),
-        _ => (HeadVerdict::Clean, Phase::Head),
+        Some(n) if n > 0 => named(HeadVerdict::Clean, Phase::Length(n)),
+        _ => named(HeadVerdict::Clean, Phase::Head),
     }
+}
+
+/// A request target split as `http::Uri` (which hyper builds from it) holds it: the authority
+/// (empty for origin-form and `*`) and the path and query (cut at a `#`; `/` when an
+/// absolute-form target has none; empty for authority-form).
+fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
+    let no_fragment = |s: &[u8]| -> usize { s.iter().position(|&b| b == b'#').unwrap_or(s.len()) };
+    if target.first() == Some(&b'/') || target == b"*" {
+        return (b"", &target[..no_fragment(target)]);
+    }
+    let Some(scheme_end) = target.windows(3).position(|w| w == b"://") else {
+        return (target, b"");
+    };
+    let rest = &target[scheme_end + 3..];
+    let authority_end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let path_and_query = &tail[..no_fragment(tail)];
+    if path_and_query.is_empty() {
+        (authority, b"/")
+    } else {
+        (authority, path_and_query)
+    }
+}
+
+/// A request head's identity: its method, authority and path-and-query, hashed with `keys`
+/// (random per connection, so that no client can make two heads collide on purpose).
+fn head_id(keys: &RandomState, method: &[u8], authority: &[u8], path_and_query: &[u8]) -> u64 {
+    let mut h = keys.build_hasher();
+    for part in [method, authority, path_and_query] {
+        h.write_usize(part.len());
+        h.write(part);
+    }
+    h.finish()
+}
+
+/// [`head_id`] of a request as hyper parsed it.
+fn request_id<B>(keys: &RandomState, req: &http::Request<B>) -> u64 {
+    let uri = req.uri();
+    head_id(
+        keys,
+        req.method().as_str().as_bytes(),
+        uri.authority().map_or(&b""[..], |a| a.as_str().as_bytes()),
+        uri.path_and_query()
+            .map_or(&b""[..], |p| p.as_str().as_bytes()),
+    )
 }
 
 /// A `Content-Length` value as hyper reads it: ASCII digits only, no sign, no list.
@@ -376,25 +469,50 @@ fn chunk_step(c: Chunk, data: &[u8]) -> (Option<Option<Chunk>>, &[u8]) {
 /// What the connection's [`HeadCheck`] and its service share.
 #[derive(Debug)]
 struct Shared {
-    verdicts: VecDeque<HeadVerdict>,
+    verdicts: VecDeque<Judged>,
+    /// The key of the heads' identities (the scanner's own).
+    keys: RandomState,
     /// Set by the service when it answered 101: the scanner stops.
     upgraded: bool,
     /// Every byte read so far belongs to a complete request ([`HeadScanner::between_requests`]).
     between: bool,
 }
 
-/// The service's end of a [`HeadCheck`]: takes each request's verdict in turn.
+/// The service's end of a [`HeadCheck`]: gives each request the verdict on its head.
 #[derive(Debug, Clone)]
 pub struct HeadChecks(Arc<Mutex<Shared>>);
 
 impl HeadChecks {
-    /// The verdict for the next request hyper hands out; `Unvetted` if the scanner has none.
-    pub fn next_verdict(&self) -> HeadVerdict {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|mut s| s.verdicts.pop_front())
-            .unwrap_or(HeadVerdict::Unvetted)
+    /// Inserts into `req`'s extensions the verdict on its head: the oldest one queued, if it was
+    /// made on this request's head, else [`HeadVerdict::Unvetted`] (see the module doc). Called
+    /// for every request of the connection, in the order hyper hands them out.
+    pub fn attach<B>(&self, req: &mut http::Request<B>) {
+        let verdict = match self.0.lock() {
+            Ok(mut s) => match s.verdicts.pop_front() {
+                Some(Judged {
+                    verdict,
+                    head: None,
+                }) => verdict,
+                Some(Judged {
+                    verdict,
+                    head: Some(id),
+                }) => {
+                    if id == request_id(&s.keys, req) {
+                        verdict
+                    } else {
+                        tracing::warn!(
+                            method = %req.method(),
+                            "HTTP/1 head scanner out of step with hyper's parser: request not vetted"
+                        );
+                        s.verdicts.clear();
+                        HeadVerdict::Unvetted
+                    }
+                }
+                None => HeadVerdict::Unvetted,
+            },
+            Err(_) => HeadVerdict::Unvetted,
+        };
+        req.extensions_mut().insert(verdict);
     }
 
     /// Whether the connection is between requests: every byte read from it belongs to a
@@ -425,15 +543,17 @@ pub struct HeadCheck<T> {
 impl<T> HeadCheck<T> {
     /// Wraps a connection; `max_head` is the server's `max_header_bytes`.
     pub fn new(inner: T, max_head: usize) -> (Self, HeadChecks) {
+        let scanner = HeadScanner::new(max_head);
         let shared = Arc::new(Mutex::new(Shared {
             verdicts: VecDeque::new(),
+            keys: scanner.keys.clone(),
             upgraded: false,
             between: true,
         }));
         (
             HeadCheck {
                 inner,
-                scanner: HeadScanner::new(max_head),
+                scanner,
                 shared: Arc::clone(&shared),
             },
             HeadChecks(shared),
@@ -524,7 +644,7 @@ mod tests {
     fn verdicts_in_one_read(bytes: &[u8]) -> Vec<HeadVerdict> {
         let mut s = HeadScanner::new(8192);
         let mut out = Vec::new();
-        s.feed(bytes, &mut |v| out.push(v));
+        s.feed(bytes, &mut |j| out.push(j.verdict));
         out
     }
 
@@ -534,7 +654,7 @@ mod tests {
         let mut s = HeadScanner::new(8192);
         let mut trickled = Vec::new();
         for b in bytes.chunks(1) {
-            s.feed(b, &mut |v| trickled.push(v));
+            s.feed(b, &mut |j| trickled.push(j.verdict));
         }
         assert_eq!(whole, trickled, "{:?}", String::from_utf8_lossy(bytes));
         whole
@@ -647,7 +767,7 @@ mod tests {
         let mut out = Vec::new();
         s.feed(
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET / HTTP/1.1\r\n\r\n",
-            &mut |v| out.push(v),
+            &mut |j| out.push(j.verdict),
         );
         assert_eq!(out, vec![Clean]);
         assert!(s.is_off());
@@ -681,12 +801,98 @@ mod tests {
     fn a_head_larger_than_the_limit_is_refused_before_it_ends() {
         let mut s = HeadScanner::new(100);
         let mut out = Vec::new();
-        s.feed(b"GET / HTTP/1.1\r\n", &mut |v| out.push(v));
+        s.feed(b"GET / HTTP/1.1\r\n", &mut |j| out.push(j.verdict));
         for _ in 0..10 {
-            s.feed(b"X-Padding: 0123456789\r\n", &mut |v| out.push(v));
+            s.feed(b"X-Padding: 0123456789\r\n", &mut |j| out.push(j.verdict));
         }
         assert_eq!(out, vec![Rejected(Reason::TooLarge)]);
         assert!(s.is_off());
+    }
+
+    /// The identity the scanner gives a head is the one the service computes from the request
+    /// hyper builds out of it (`http::Uri` from the target bytes), whatever the target's form.
+    #[test]
+    fn a_head_and_its_parsed_request_have_one_identity() {
+        let keys = RandomState::new();
+        for target in [
+            "/",
+            "/a?b",
+            "/a?b#c",
+            "/#x",
+            "/p%20q/{\"json\"}",
+            "*",
+            "http://A.test:80/x?y",
+            "HTTP://a.test/p",
+            "http://a.test",
+            "http://a.test?q",
+            "http://a.test#f",
+            "http://user@[::1]:8080/x",
+            "a.test:443",
+        ] {
+            let uri = http::Uri::try_from(target.as_bytes()).unwrap();
+            let req = http::Request::builder()
+                .method("GET")
+                .uri(uri)
+                .body(())
+                .unwrap();
+            let (authority, pq) = split_target(target.as_bytes());
+            assert_eq!(
+                head_id(&keys, b"GET", authority, pq),
+                request_id(&keys, &req),
+                "{target}"
+            );
+        }
+        let other = head_id(&keys, b"GET", b"", b"/b");
+        assert_ne!(head_id(&keys, b"GET", b"", b"/a"), other);
+        assert_ne!(head_id(&keys, b"POST", b"", b"/b"), other);
+        assert_ne!(head_id(&keys, b"GET", b"/", b"b"), other);
+    }
+
+    fn checks_fed(stream: &[u8]) -> HeadChecks {
+        let mut scanner = HeadScanner::new(8192);
+        let shared = Arc::new(Mutex::new(Shared {
+            verdicts: VecDeque::new(),
+            keys: scanner.keys.clone(),
+            upgraded: false,
+            between: true,
+        }));
+        scanner.feed(stream, &mut |j| {
+            shared.lock().unwrap().verdicts.push_back(j)
+        });
+        HeadChecks(shared)
+    }
+
+    fn attached(checks: &HeadChecks, method: &str, uri: &str) -> HeadVerdict {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .unwrap();
+        checks.attach(&mut req);
+        *req.extensions().get::<HeadVerdict>().unwrap()
+    }
+
+    #[test]
+    fn each_request_gets_the_verdict_on_its_own_head() {
+        let checks = checks_fed(
+            b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+        );
+        assert_eq!(attached(&checks, "GET", "/a"), Clean);
+        assert_eq!(attached(&checks, "POST", "/b"), Clean);
+        // No head left: not vetted.
+        assert_eq!(attached(&checks, "GET", "/c"), HeadVerdict::Unvetted);
+
+        let checks = checks_fed(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+        // A request that is not the next head's (hyper framed the stream otherwise): refused,
+        // and so is every later one of the connection.
+        assert_eq!(attached(&checks, "GET", "/b"), HeadVerdict::Unvetted);
+        assert_eq!(attached(&checks, "GET", "/b"), HeadVerdict::Unvetted);
+
+        let checks = checks_fed(b"GET / HTTP/1.1\nHost: a\n\n");
+        assert_eq!(attached(&checks, "GET", "/"), Rejected(Reason::BareLf));
+        // A head too malformed to name is refused whichever request hyper makes of it.
+        let checks = checks_fed(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n");
+        assert_eq!(attached(&checks, "GET", "/x"), Rejected(Reason::Malformed));
     }
 
     #[test]

@@ -14,8 +14,9 @@
 //! - `max_connections`: past it a new connection gets a 503 and is closed at once;
 //! - an HTTP/1 connection serves at most [`MAX_REQUESTS_PER_CONNECTION`] requests, then the
 //!   response says `Connection: close` (like nginx's `keepalive_requests`);
-//! - every HTTP/1 request head is also judged by [`HeadCheck`] (request smuggling), its verdict
-//!   handed to the request as an extension for `proxy::checks::check_request`.
+//! - every HTTP/1 request head is also judged by [`HeadCheck`] (request smuggling), and each
+//!   request carries the verdict on its own head (paired as [`crate::edge::scanner`] explains)
+//!   for `proxy::checks::check_request`.
 //!
 //! Plain HTTP/1.1 connections hold no HTTP state while they wait for their next request
 //! ([`serve_h1_plain`]): hyper's connection, with its buffers, lives only while there is a request
@@ -395,7 +396,7 @@ where
     type Future = Respond<F>;
 
     fn call(&self, mut req: Request<Incoming>) -> Respond<F> {
-        req.extensions_mut().insert(self.checks.next_verdict());
+        self.checks.attach(&mut req);
         let last = self.served.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_REQUESTS_PER_CONNECTION;
         // A request that may switch protocols: the connection must be able to hand its socket
         // to the tunnel, which only a connection driven with upgrades does (see drive_exchange).

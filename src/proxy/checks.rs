@@ -1,6 +1,6 @@
 //! Request checks before anything is forwarded (request smuggling and methods a reverse proxy
-//! refuses): the verdict the edge's head scanner ([`crate::edge::scanner`]) attached to an
-//! HTTP/1 request, then what the parsed request shows. See the scanner's module doc for what hyper
+//! refuses): the verdict on its own head that the edge attached to an HTTP/1 request (how it is
+//! paired: [`crate::edge::scanner`]), then what the parsed request shows. See the scanner's module doc for what hyper
 //! already refuses and why these checks exist.
 
 use http::header::{self, HeaderMap};
