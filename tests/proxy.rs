@@ -510,6 +510,59 @@ async fn request_headers_too_large_is_431() {
     assert_eq!(seen.count(), 0);
 }
 
+/// hyper answers a head its parser refuses itself (no handler runs), and tells a target too long
+/// (414) from a head too large (431) only by its error's message: the request counter (and the
+/// access log) must say what hyper answered.
+#[tokio::test]
+async fn uri_too_long_is_414_and_head_too_large_431_in_the_counters() {
+    let (up, seen) = cookie_origin(PORTAL).await;
+    // hyper's longest target is 65,534 bytes: a head limit above it lets a longer one parse.
+    let wide = gateway(
+        "[limits]\nmax_header_bytes = 131072\n",
+        &[("p.toml", portal_toml(up, ""))],
+    )
+    .await;
+    let long = format!("/{}", "a".repeat(70_000));
+    let r = get(wide.http_addr.unwrap(), "portal.test", &long, "").await;
+    assert_eq!(r.status, 414);
+    let narrow = gateway(
+        "[limits]\nmax_header_bytes = 16384\n",
+        &[("p.toml", portal_toml(up, ""))],
+    )
+    .await;
+    let big = "a".repeat(20_000);
+    let r = get(
+        narrow.http_addr.unwrap(),
+        "portal.test",
+        "/",
+        &format!("X-Big: {big}\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 431);
+    assert_eq!(seen.count(), 0);
+    // Counted when hyper's connection ends, which the client may see first: wait for the lines.
+    for (gw, want) in [
+        (
+            &wide,
+            r#"consent_gateway_requests_total{host="unknown",code="414"} 1"#,
+        ),
+        (
+            &narrow,
+            r#"consent_gateway_requests_total{host="unknown",code="431"} 1"#,
+        ),
+    ] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = String::from_utf8(admin(gw, "/metrics").await.body).unwrap();
+            if m.contains(want) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{want} not in {m}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn metrics_present_after_traffic() {
     let (gw, _) = portal("").await;

@@ -875,16 +875,7 @@ async fn drive_h1<I, S>(
 /// Logs how an HTTP/1 connection failed. A request head hyper's parser refused was answered by
 /// hyper itself (no handler ran, so no access log line yet): log and count it here.
 fn h1_connection_error(e: &hyper::Error, peer: SocketAddr, metrics: Option<&Metrics>) {
-    let status: u16 = if e.is_parse_too_large() {
-        // hyper's two "too large" answers; only its message tells them apart.
-        if e.to_string().contains("URI") {
-            414
-        } else {
-            431
-        }
-    } else if e.is_parse() && !e.is_parse_version_h2() {
-        400
-    } else {
+    let Some(status) = crate::proxy::error::parser_refusal_status(e) else {
         if e.is_timeout() {
             tracing::debug!(peer = %peer, "request head not received within header_read_timeout: connection closed");
         } else {

@@ -89,13 +89,9 @@ impl ProxyError {
         if let Some(client_fault) = client_body_error(e) {
             return client_fault;
         }
-        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-        let mut timed_out = false;
-        let mut reset = false;
-        let mut parse = false;
-        let mut too_large = false;
-        let mut dns = false;
-        while let Some(s) = source {
+        let (mut timed_out, mut reset, mut parse, mut too_large, mut dns) =
+            (false, false, false, false, false);
+        for s in causes(e) {
             // hyper-util's HttpConnector says "dns error" for a failed name resolution (its
             // ConnectError is not public: its message is what tells).
             if e.is_connect() && s.to_string().starts_with("dns error") {
@@ -122,7 +118,6 @@ impl ProxyError {
                     timed_out = true;
                 }
             }
-            source = s.source();
         }
         if timed_out {
             ProxyError::UpstreamTimeout
@@ -142,6 +137,15 @@ impl ProxyError {
     }
 }
 
+/// The causes of an error, its own source first: the one walk over the chains of hyper and
+/// hyper-util errors (hyper-util's client error wraps hyper's, which wraps an I/O error or the
+/// request body's own error).
+pub fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(e.source(), |s| s.source())
+}
+
 /// When the upstream request failed because the client's body did (hyper's "error from user's
 /// Body stream", caused by the client connection's own error or by [`IdleTimeout`]): 408 when
 /// the client stalled (the body's or the connection's idle timeout), 400 otherwise (malformed
@@ -149,30 +153,48 @@ impl ProxyError {
 ///
 /// [`IdleTimeout`]: crate::proxy::body::IdleTimeout
 fn client_body_error(e: &hyper_util::client::legacy::Error) -> Option<ProxyError> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            if h.is_user() {
-                let cause = std::error::Error::source(h)?;
-                if !cause.is::<crate::proxy::body::IdleTimeout>() && !cause.is::<hyper::Error>() {
-                    return None;
-                }
-                let mut c = Some(cause);
-                while let Some(x) = c {
-                    let stalled = x.is::<crate::proxy::body::IdleTimeout>()
-                        || x.downcast_ref::<std::io::Error>()
-                            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
-                    if stalled {
-                        return Some(ProxyError::RequestTimeout);
-                    }
-                    c = x.source();
-                }
-                return Some(ProxyError::BadRequest);
-            }
-        }
-        source = s.source();
+    let user = causes(e)
+        .filter_map(|s| s.downcast_ref::<hyper::Error>())
+        .find(|h| h.is_user())?;
+    let cause = std::error::Error::source(user)?;
+    if !cause.is::<crate::proxy::body::IdleTimeout>() && !cause.is::<hyper::Error>() {
+        return None;
     }
-    None
+    let stalled = std::iter::once(cause).chain(causes(cause)).any(|x| {
+        x.is::<crate::proxy::body::IdleTimeout>()
+            || x.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    });
+    Some(if stalled {
+        ProxyError::RequestTimeout
+    } else {
+        ProxyError::BadRequest
+    })
+}
+
+/// The status hyper's HTTP/1 server answered a request head its parser refused, before any
+/// handler ran (for the access log and the request counter): 414 or 431 for a head too large,
+/// 400 for one that does not parse; `None` for an error that is not a refused head (a timeout,
+/// a closed connection, an HTTP/2 preface on an HTTP/1 port).
+///
+/// hyper answers 414 for a request target longer than it can hold (65,534 bytes, only reachable
+/// with a `max_header_bytes` above that) and 431 for any other head too large, but tells the two
+/// apart in public only by its message: `is_parse_too_large` is true for both by design
+/// (hyper#2706) and hyper 1.x has no other query. A test in tests/proxy.rs
+/// (`uri_too_long_is_414_and_head_too_large_431_in_the_counters`) pins the message against the
+/// hyper of Cargo.lock.
+pub fn parser_refusal_status(e: &hyper::Error) -> Option<u16> {
+    if e.is_parse_too_large() {
+        Some(if e.to_string().starts_with("URI too long") {
+            414
+        } else {
+            431
+        })
+    } else if e.is_parse() && !e.is_parse_version_h2() {
+        Some(400)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -104,8 +104,7 @@ fn closed_before_answering(e: &hyper_util::client::legacy::Error) -> bool {
     if e.is_connect() {
         return false;
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
+    for s in crate::proxy::error::causes(e) {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
             if h.is_incomplete_message() || h.is_canceled() {
                 return true;
@@ -122,7 +121,6 @@ fn closed_before_answering(e: &hyper_util::client::legacy::Error) -> bool {
                     | std::io::ErrorKind::BrokenPipe
             );
         }
-        source = s.source();
     }
     false
 }
