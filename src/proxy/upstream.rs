@@ -61,32 +61,55 @@ impl UpstreamClient {
             return sent.map(without_conflicting_length);
         }
         drop(body);
-        let again = {
-            let mut b = Request::builder()
-                .method(parts.method.clone())
-                .uri(parts.uri.clone())
-                .version(parts.version);
-            if let Some(h) = b.headers_mut() {
-                h.clone_from(&parts.headers);
-            }
-            b.body(Either::Right(Empty::new()))
-        };
+        // hyper consumes the request head as it writes it, and its error gives nothing back once
+        // a byte was written: what a second attempt needs is kept aside first, and made into a
+        // request only if that attempt happens.
+        let replay = Replay::of(&parts);
         let first = self
             .inner
             .request(Request::from_parts(parts, Either::Right(Empty::new())))
             .await;
-        let resp = match (first, again) {
-            (Err(e), Ok(again)) if closed_before_answering(&e) => {
+        let resp = match first {
+            Err(e) if closed_before_answering(&e) => {
                 tracing::info!(
-                    upstream = %again.uri().authority().map_or("", |a| a.as_str()),
-                    method = %again.method(),
+                    upstream = %replay.uri.authority().map_or("", |a| a.as_str()),
+                    method = %replay.method,
                     "upstream closed the connection before answering: sending the request once more"
                 );
-                self.inner.request(again).await
+                self.inner.request(replay.into_request()).await
             }
-            (first, _) => first,
+            first => first,
         };
         resp.map(without_conflicting_length)
+    }
+}
+
+/// The head of a bodiless request, kept to send it once more: its method, target, version and
+/// headers (the header values share their bytes with the request's; the map itself is copied).
+struct Replay {
+    method: Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn of(parts: &http::request::Parts) -> Self {
+        Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        }
+    }
+
+    fn into_request(self) -> Request<SentBody> {
+        let mut req = Request::new(Either::Right(Empty::new()));
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
     }
 }
 
