@@ -4,27 +4,51 @@
 #
 #   bash bench/callgrind.sh BINARY [N]
 #
-# Needs the bench upstream listening on 127.0.0.1:18080 (e.g. a scratch dir kept by
-# `KEEP_RUN=1 bash bench/run.sh`, its nginx restarted by hand), valgrind and h2load. Runs the
-# gateway twice under callgrind, once serving N requests and once 2N (h2load --h1, 16 connections,
-# the harness's consent cookie), and prints (Ir(2N) - Ir(N)) / N: start-up and shutdown cancel out.
-# Kernel time is not counted: this measures what the code does, not what the syscalls cost.
+# Starts its own bench upstream (nginx with bench/upstream.conf) on 127.0.0.1:PORT_BASE and runs
+# the gateway (bench/gateway/ config, its ports moved with PORT_BASE like run.sh does) twice under
+# callgrind, once serving N requests and once 2N (h2load --h1, 16 connections, the harness's
+# consent cookie, path PATH_ [/]), and prints (Ir(2N) - Ir(N)) / N: start-up and shutdown cancel
+# out. Kernel time is not counted: this measures what the code does, not what the syscalls cost.
+# Needs valgrind, h2load and nginx. Knobs: PORT_BASE [18080] (upstream; the gateway listens on
+# +10, its admin on +1010), KEEP=1 keeps the callgrind files for callgrind_annotate.
 set -euo pipefail
 BIN=${1:?binary}; N=${2:-4000}
+PORT_BASE=${PORT_BASE:-18080}
+PATH_=${PATH_:-/}
 HERE=$(cd "$(dirname "$0")" && pwd)
+UP=$PORT_BASE; GW=$((PORT_BASE + 10)); ADMIN=$((PORT_BASE + 1010))
 COOKIE='cookies_preferences=%7B%22necessary%22%3Atrue%2C%22statistical%22%3Afalse%2C%22marketing%22%3Afalse%7D; sessionid=abc'
 OUT=$(mktemp -d)
-if [ -n "${KEEP:-}" ]; then echo "callgrind files kept in $OUT" >&2; else trap 'rm -rf "$OUT"' EXIT; fi
+chmod 755 "$OUT"   # nginx workers run as nobody when started by root
+UPSTREAM_PID=
+cleanup() {
+  [ -n "$UPSTREAM_PID" ] && kill "$UPSTREAM_PID" 2>/dev/null && wait "$UPSTREAM_PID" 2>/dev/null
+  if [ -n "${KEEP:-}" ]; then echo "callgrind files kept in $OUT" >&2; else rm -rf "$OUT"; fi
+}
+trap cleanup EXIT
+ports() { sed -e "s/127\.0\.0\.1:18080\b/127.0.0.1:$UP/g" -e "s/127\.0\.0\.1:18090\b/127.0.0.1:$GW/g" \
+              -e "s/127\.0\.0\.1:19090\b/127.0.0.1:$ADMIN/g" "$1" > "$2"; }
+mkdir -p "$OUT/up/tmp" "$OUT/up/www" "$OUT/gw/hosts"
+ports "$HERE/upstream.conf" "$OUT/up.conf"
+ports "$HERE/gateway/gateway.toml" "$OUT/gw/gateway.toml"
+for f in "$HERE"/gateway/hosts/*.toml; do ports "$f" "$OUT/gw/hosts/$(basename "$f")"; done
+# The same ~2 KiB page as run.sh generates (the body's bytes do not matter here, its size does).
+{ echo '<!DOCTYPE html><html lang="en"><head><title>Open data portal</title></head><body><ul>'
+  for i in $(seq 1 18); do printf '<li><a href="/explore/dataset/ds-%02d/">Dataset %02d: population and mobility</a></li>\n' "$i" "$i"; done
+  echo '</ul></body></html>'; } > "$OUT/up/www/index.html"
+head -c 1048576 /dev/zero | tr '\0' 'a' > "$OUT/up/www/big.bin"
+nginx -p "$OUT/up/" -c "$OUT/up.conf" -e "$OUT/up/error.log" -g 'daemon off;' &
+UPSTREAM_PID=$!
 run() { # requests -> total Ir
   local n=$1
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.$n" \
-    "$BIN" run --config "$HERE/gateway/gateway.toml" > "$OUT/log.$n" 2>&1 &
+    "$BIN" run --config "$OUT/gw/gateway.toml" > "$OUT/log.$n" 2>&1 &
   local pid=$!
   for _ in $(seq 1 200); do
-    curl -s -o /dev/null --max-time 2 http://127.0.0.1:18090/plain && break
+    curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$GW/plain" && break
     sleep 0.2
   done
-  h2load --h1 -n "$n" -c 16 -H "Cookie: $COOKIE" http://127.0.0.1:18090/ > "$OUT/h2load.$n" 2>&1
+  h2load --h1 -n "$n" -c 16 -H "Cookie: $COOKIE" "http://127.0.0.1:$GW$PATH_" > "$OUT/h2load.$n" 2>&1
   kill -TERM "$pid"; wait "$pid" || true
   grep -q " $n succeeded, 0 failed, 0 errored" "$OUT/h2load.$n" || { cat "$OUT/h2load.$n" >&2; exit 1; }
   grep -q '^status codes: '"$n"' 2xx' "$OUT/h2load.$n" || { cat "$OUT/h2load.$n" >&2; exit 1; }

@@ -35,8 +35,8 @@
 #   GATEWAY_BIN  the binary the default GATEWAY_CMD runs [${CARGO_TARGET_DIR:-target}/release/consent-gateway]
 #   BUILD [1]    0: do not run `cargo build --release --locked` (use GATEWAY_BIN as it is)
 #   INSTALL [1]  0: never apt-get install (otherwise, as root, missing Debian packages are installed)
-#   MEMORY [1]   memory step: the gateway restarted fresh, idle RSS, then RSS with MEM_CONNS open
-#                keep-alive connections (bench/hold_conns.py)          MEM_CONNS [5000]
+#   MEMORY [1]   memory step: nginx-plain and the gateway restarted fresh, then for each the RSS with
+#                MEM_CONNS open keep-alive connections (bench/hold_conns.py), KiB per idle connection  MEM_CONNS [5000]
 #   TLS [0]      1: TLS step (needs h2load from nghttp2-client, openssl): the gateway restarted with an https
 #                listener (dev certificates made in the scratch dir by certs/make-dev-certs.sh); h2load on /
 #                with CONNS connections: h1 plain vs h1 TLS vs h2 TLS (1 stream per connection), then the
@@ -654,12 +654,40 @@ if [ "$TLS" = 1 ]; then
   fi
 fi
 
-# ---------------------------------------------------------------- memory step (gateway)
+# ---------------------------------------------------------------- memory step (nginx-plain, gateway)
 MEM_FAIL=0
+restart_nginx_plain() { # a fresh nginx-plain (master + workers), as the gateway gets for this step
+  local old=${ROOT[nginx-plain]} p keep=()
+  stop_pids "$old"
+  for p in "${PIDS[@]}"; do [ "$p" = "$old" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+  start_bg peer-nginx-plain "$RUN/peer-plain/stdout-2.log" \
+    nginx -p "$RUN/peer-plain/" -c "$RUN/conf/peer-nginx-plain.conf" -e "$RUN/peer-plain/error.log" -g 'daemon off;'
+  ROOT[nginx-plain]=$LAST_PID
+  wait_http "http://127.0.0.1:$PEER_PLAIN_PORT/plain" 10 || die "nginx-plain did not restart"
+}
+MEM_ROWS=()
+hold_step() { # TARGET ADDR N: holds N keep-alive connections (each served one GET /plain), one row
+  local t=$1 addr=$2 n=$3 pids=() args=() out held ok200 before with per
+  pids=($(target_pids "$t"))
+  for p in "${pids[@]}"; do args+=(--pid "$p"); done
+  out=$(python3 "$BENCH_DIR/hold_conns.py" "$addr" "$n" "${args[@]}" 2>&1) || MEM_FAIL=1
+  sed "s/^/   hold_conns $t: /" <<<"$out"
+  held=$(sed -n 's/^connections held: \([0-9]*\).*/\1/p' <<<"$out")
+  ok200=$(sed -n "s/.*statuses: .*'200': \([0-9]*\).*/\1/p" <<<"$out")
+  before=$(sed -n 's/^RSS before: \([0-9.]*\) MiB.*/\1/p' <<<"$out")
+  with=$(sed -n 's/.*keep-alive connections: \([0-9.]*\) MiB.*/\1/p' <<<"$out")
+  per=$(sed -n 's/.*per connection: \([0-9.]*\) KiB.*/\1/p' <<<"$out")
+  [ "${held:-0}" = "$n" ] && [ "${ok200:-0}" = "$n" ] || { MEM_FAIL=1; echo "MEMORY STEP FAILED ($t): expected $n connections held, each answered 200"; }
+  sleep 2
+  MEM_ROWS+=("$(printf '%-12s %6s %10s %10s %10s %10s %22s %12s' "$t" "${#pids[@]}" "${before:-?}" "${with:-?}" \
+    "$(awk -v a="${before:-0}" -v b="${with:-0}" 'BEGIN{printf "%.1f", b - a}')" \
+    "$(awk -v p="${per:-0}" 'BEGIN{printf "%.2f", p}')" "${held:-?} (${ok200:-0} x 200)" \
+    "$(awk "BEGIN{printf \"%.1f\", $(status_kib VmRSS $(target_pids "$t"))/1024}")")")
+}
 if [ "$MEMORY" = 1 ] && [ -n "${ROOT[gateway]:-}" ]; then
   echo
   echo "-- gateway memory (VmRSS of the gateway process)"
-  gp=($(target_pids gateway))
   [ -n "$GW_START_RSS" ] && printf '%-58s %8.1f MiB\n' "at start, idle (after the readiness requests)" "$(awk "BEGIN{print $GW_START_RSS/1024}")"
   [ -n "$GW_AFTER_LOAD" ] && printf '%-58s %s\n' "after the load runs, idle" "$GW_AFTER_LOAD"
   n=$MEM_CONNS
@@ -668,24 +696,23 @@ if [ "$MEMORY" = 1 ] && [ -n "${ROOT[gateway]:-}" ]; then
     echo "NOTE: ulimit -n is limited to $NOFILE (hard $NOFILE_HARD): holding $n connections instead of $MEM_CONNS"
   fi
   if [ "$MANAGED_GATEWAY" = 1 ]; then
-    # A fresh process, so that the figures do not carry the load runs' allocator state.
+    # Fresh processes, so that the figures do not carry the load runs' allocator state.
     restart_gateway
+    [ -n "${ROOT[nginx-plain]:-}" ] && restart_nginx_plain
     sleep 2
   fi
-  gp=($(target_pids gateway))
-  pid=${ROOT[gateway]}
-  printf '%-58s %8.1f MiB\n' "fresh process, idle (after the readiness requests)" "$(awk "BEGIN{print $(status_kib VmRSS "${gp[@]}")/1024}")"
   if [ "$n" -gt 0 ]; then
-    out=$(python3 "$BENCH_DIR/hold_conns.py" "$GATEWAY" "$n" --pid "$pid" 2>&1) || MEM_FAIL=1
-    sed 's/^/   hold_conns: /' <<<"$out"
-    held=$(sed -n 's/^connections held: \([0-9]*\).*/\1/p' <<<"$out")
-    ok200=$(sed -n "s/.*statuses: .*'200': \([0-9]*\).*/\1/p" <<<"$out")
-    with=$(sed -n 's/.*keep-alive connections: \([0-9.]*\) MiB.*/\1/p' <<<"$out")
-    [ "${held:-0}" = "$n" ] && [ "${ok200:-0}" = "$n" ] || MEM_FAIL=1
-    printf '%-58s %8s MiB\n' "with ${held:-?} open keep-alive connections (each served 1 request)" "${with:-?}"
-    sleep 2
-    printf '%-58s %8.1f MiB\n' "2 s after those connections closed" "$(awk "BEGIN{print $(status_kib VmRSS "${gp[@]}")/1024}")"
-    [ "$MEM_FAIL" = 0 ] || echo "MEMORY STEP FAILED: expected $n connections held, each answered 200"
+    echo
+    echo "-- idle keep-alive connections, side by side: $n connections opened 500 at a time, each sends one"
+    echo "   GET /plain, reads the response and stays open (bench/hold_conns.py); RSS = VmRSS summed over the"
+    echo "   target's processes (nginx: master + workers), fresh processes, read 1 s after the last connection"
+    [ -n "${ROOT[nginx-plain]:-}" ] && hold_step nginx-plain "127.0.0.1:$PEER_PLAIN_PORT" "$n"
+    hold_step gateway "$GATEWAY" "$n"
+    printf '%-12s %6s %10s %10s %10s %10s %22s %12s\n' target procs 'idle MiB' 'held MiB' 'growth MiB' \
+      'KiB/conn' 'connections held' 'closed+2s MiB'
+    printf '%s\n' "${MEM_ROWS[@]}"
+    echo "(KiB/conn = (held - idle) / connections: what one idle keep-alive connection costs, the allocator's"
+    echo " leftovers of the burst that opened them included; closed+2s = RSS 2 s after they closed)"
   fi
 fi
 
