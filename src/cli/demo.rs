@@ -492,7 +492,13 @@ async fn forward(
         let _ = conn.await;
     });
     let (parts, body) = sender.send_request(req).await?.into_parts();
-    let body = ProxyBody::Upstream(IdleBody::new(body, Duration::from_secs(60)), None);
+    let body = ProxyBody::Upstream(
+        IdleBody::new(
+            crate::proxy::upstream::ResponseBody::Client(body),
+            Duration::from_secs(60),
+        ),
+        None,
+    );
     Ok(Response::from_parts(parts, body))
 }
 

@@ -194,7 +194,10 @@ impl SideDoor {
 pub enum ProxyBody {
     /// The upstream response body, streamed. `Set-Cookie` fields of its trailers are removed
     /// (and reported to the [`SideDoor`], if any); a trailer section left empty is not sent.
-    Upstream(IdleBody<hyper::body::Incoming>, Option<SideDoor>),
+    Upstream(
+        IdleBody<crate::proxy::upstream::ResponseBody>,
+        Option<SideDoor>,
+    ),
     /// A body the gateway wrote (errors, admin pages); `None` once sent.
     Full(Option<Bytes>),
 }

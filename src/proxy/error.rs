@@ -89,51 +89,73 @@ impl ProxyError {
         if let Some(client_fault) = client_body_error(e) {
             return client_fault;
         }
-        let (mut timed_out, mut reset, mut parse, mut too_large, mut dns) =
-            (false, false, false, false, false);
-        for s in causes(e) {
-            // hyper-util's HttpConnector says "dns error" for a failed name resolution (its
-            // ConnectError is not public: its message is what tells).
-            if e.is_connect() && s.to_string().starts_with("dns error") {
-                dns = true;
+        classify(causes(e), e.is_connect())
+    }
+
+    /// Classifies an error of an upstream exchange (either client).
+    pub fn from_upstream(e: &crate::proxy::upstream::UpstreamError) -> ProxyError {
+        use crate::proxy::upstream::UpstreamError;
+        match e {
+            UpstreamError::Client(e) => ProxyError::from_client(e),
+            UpstreamError::Connect(e) => {
+                let e: &(dyn std::error::Error + 'static) = e.as_ref();
+                classify(std::iter::once(e).chain(causes(e)), true)
             }
-            if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                match io.kind() {
-                    std::io::ErrorKind::TimedOut => timed_out = true,
-                    std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof => reset = true,
-                    _ => {}
-                }
-            }
-            if let Some(h) = s.downcast_ref::<hyper::Error>() {
-                if h.is_parse_too_large() {
-                    too_large = true;
-                } else if h.is_parse() || h.is_parse_status() {
-                    parse = true;
-                } else if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
-                    reset = true;
-                } else if h.is_timeout() {
-                    timed_out = true;
-                }
+            UpstreamError::Http(e) => classify(std::iter::once(e as _).chain(causes(e)), false),
+            UpstreamError::Closed => ProxyError::UpstreamReset,
+        }
+    }
+}
+
+/// What an upstream failure was, from its chain of causes (`connect`: it happened connecting).
+fn classify<'a>(
+    chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
+    connect: bool,
+) -> ProxyError {
+    let (mut timed_out, mut reset, mut parse, mut too_large, mut dns) =
+        (false, false, false, false, false);
+    for s in chain {
+        // hyper-util's HttpConnector says "dns error" for a failed name resolution (its
+        // ConnectError is not public: its message is what tells).
+        if connect && s.to_string().starts_with("dns error") {
+            dns = true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::TimedOut => timed_out = true,
+                std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof => reset = true,
+                _ => {}
             }
         }
-        if timed_out {
-            ProxyError::UpstreamTimeout
-        } else if dns {
-            ProxyError::UpstreamDns
-        } else if e.is_connect() {
-            ProxyError::UpstreamConnect
-        } else if too_large {
-            ProxyError::UpstreamHeadTooLarge
-        } else if parse {
-            ProxyError::UpstreamProtocol
-        } else if reset {
-            ProxyError::UpstreamReset
-        } else {
-            ProxyError::UpstreamProtocol
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                too_large = true;
+            } else if h.is_parse() || h.is_parse_status() {
+                parse = true;
+            } else if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                reset = true;
+            } else if h.is_timeout() {
+                timed_out = true;
+            }
         }
+    }
+    if timed_out {
+        ProxyError::UpstreamTimeout
+    } else if dns {
+        ProxyError::UpstreamDns
+    } else if connect {
+        ProxyError::UpstreamConnect
+    } else if too_large {
+        ProxyError::UpstreamHeadTooLarge
+    } else if parse {
+        ProxyError::UpstreamProtocol
+    } else if reset {
+        ProxyError::UpstreamReset
+    } else {
+        ProxyError::UpstreamProtocol
     }
 }
 

@@ -33,6 +33,7 @@
 pub mod body;
 pub mod checks;
 pub mod error;
+pub mod h1pool;
 pub mod header_ops;
 pub mod upstream;
 
@@ -62,7 +63,7 @@ use crate::policy::registry::{HostPolicy, Mode};
 use crate::proxy::body::{IdleBody, ProxyBody, SideDoor};
 use crate::proxy::error::ProxyError;
 use header_ops::Forwarded;
-use upstream::{UpstreamClient, Upstreams};
+use upstream::{ResponseBody, UpstreamClient, UpstreamError, Upstreams};
 /// Everything the request path needs.
 pub struct Proxy {
     live: Arc<Live>,
@@ -490,7 +491,7 @@ impl Proxy {
         client_version: Version,
         tunnel: bool,
         informational: SideDoor,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<ResponseBody>, ProxyError> {
         let (sent_tx, sent) = tokio::sync::oneshot::channel();
         let mut req = Request::from_parts(
             parts,
@@ -533,7 +534,9 @@ impl Proxy {
             exchange_detached(client, req, response_timeout).await
         } else {
             tokio::select! {
-                r = client.request(req) => Some(r),
+                r = client.request(req) => Some(
+                    r.map(|r| r.map(ResponseBody::Client)).map_err(UpstreamError::Client)
+                ),
                 () = deadline => None,
             }
         };
@@ -541,7 +544,7 @@ impl Proxy {
             None => Err(ProxyError::UpstreamTimeout),
             Some(Err(e)) => {
                 tracing::debug!(error = ?e, "upstream request failed");
-                Err(ProxyError::from_client(&e))
+                Err(ProxyError::from_upstream(&e))
             }
             Some(Ok(r)) => Ok(r),
         }
@@ -705,48 +708,34 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, held: Arc<Snapshot>) {
     }
 }
 
-/// Most of an abandoned response's body read (and thrown away) so that its upstream connection
-/// can go back to the pool; a longer body closes the connection instead.
-const ABANDONED_DRAIN_BYTES: usize = 64 * 1024;
-/// Longest such a drain may take.
-const ABANDONED_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Sends a bodiless request from a task of its own and waits for the response head (`None`
-/// after `timeout`). If the caller is dropped meanwhile (the client went away), the task goes
-/// on: the connect completes and the connection is pooled, the response head is read and up
-/// to [`ABANDONED_DRAIN_BYTES`] of its body, so that the connection is pooled again. A client
-/// that opens and cancels requests in a loop therefore costs the origin its requests, never a
-/// new connection each.
+/// Sends a bodiless request and waits for the response head (`None` after `timeout`). If the
+/// caller is dropped meanwhile (the client went away), the exchange goes on by itself: the
+/// connect completes and the connection is pooled, the response head is read and up to
+/// [`h1pool::ABANDONED_DRAIN_BYTES`] of its body, so that the connection is pooled again. A
+/// client that opens and cancels requests in a loop therefore costs the origin its requests,
+/// never a new connection each. To a plain-http upstream the request goes through the worker's
+/// own pool, in this task ([`h1pool::H1Pool::exchange`]); to others, from a task of its own.
 async fn exchange_detached(
     client: Arc<UpstreamClient>,
     req: Request<UpstreamBody>,
     timeout: std::time::Duration,
-) -> Option<Result<Response<Incoming>, hyper_util::client::legacy::Error>> {
+) -> Option<Result<Response<ResponseBody>, UpstreamError>> {
+    if let Some(pool) = client.own_pool() {
+        return pool.exchange(req, timeout).await;
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let Ok(result) = tokio::time::timeout(timeout, client.request(req)).await else {
             return;
         };
+        let result = result
+            .map(|r| r.map(ResponseBody::Client))
+            .map_err(UpstreamError::Client);
         if let Err(Ok(resp)) = tx.send(result) {
-            drain_abandoned(resp.into_body()).await;
+            h1pool::drain_abandoned(resp.into_body()).await;
         }
     });
     rx.await.ok()
-}
-
-/// Reads an abandoned response body to its end if it is short and quick.
-async fn drain_abandoned(mut body: Incoming) {
-    use http_body_util::BodyExt;
-    let drain = async {
-        let mut read = 0;
-        while let Some(Ok(frame)) = body.frame().await {
-            read += frame.data_ref().map_or(0, bytes::Bytes::len);
-            if read > ABANDONED_DRAIN_BYTES {
-                return;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(ABANDONED_DRAIN_TIME, drain).await;
 }
 
 /// The response for a request the gateway could not proxy.

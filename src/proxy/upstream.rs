@@ -8,6 +8,7 @@
 use crate::config::Limits;
 use crate::policy::registry::HostPolicy;
 use crate::proxy::body::UpstreamBody;
+use crate::proxy::h1pool::{H1Pool, OwnBody};
 use bytes::Bytes;
 use http::{header, Method, Request, Response};
 use http_body_util::{Either, Empty};
@@ -27,9 +28,83 @@ use std::sync::{Arc, Mutex};
 /// read of slack (up to twice the cap) and the client never reads more than the cap at once.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
+/// Idle connections kept per upstream, per proxy worker (and per client, for TLS upstreams).
+const MAX_IDLE_PER_UPSTREAM: usize = 512;
+
 /// The body sent upstream: the client's, or none for a request sent (and perhaps resent) without
 /// one.
-type SentBody = Either<UpstreamBody, Empty<Bytes>>;
+pub(crate) type SentBody = Either<UpstreamBody, Empty<Bytes>>;
+
+/// Why an upstream exchange failed.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// From hyper-util's pooled client (TLS upstreams, requests with a body or an upgrade).
+    Client(hyper_util::client::legacy::Error),
+    /// Connecting, for the worker's own pool ([`H1Pool`]).
+    Connect(BoxError),
+    /// The exchange on a connection of the worker's own pool.
+    Http(hyper::Error),
+    /// A new connection of the worker's own pool closed before the request could be written.
+    Closed,
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Client(e) => e.fmt(f),
+            UpstreamError::Connect(e) => write!(f, "connect: {e}"),
+            UpstreamError::Http(e) => e.fmt(f),
+            UpstreamError::Closed => f.write_str("connection closed before the request was sent"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            UpstreamError::Client(e) => Some(e),
+            UpstreamError::Connect(e) => Some(e.as_ref()),
+            UpstreamError::Http(e) => Some(e),
+            UpstreamError::Closed => None,
+        }
+    }
+}
+
+/// An upstream response body: from hyper-util's pooled client, or from a connection of the
+/// worker's own pool, which reading the body drives ([`OwnBody`]).
+pub enum ResponseBody {
+    Client(hyper::body::Incoming),
+    Own(OwnBody),
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Client(b) => std::pin::Pin::new(b).poll_frame(cx),
+            ResponseBody::Own(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Client(b) => b.is_end_stream(),
+            ResponseBody::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ResponseBody::Client(b) => b.size_hint(),
+            ResponseBody::Own(b) => b.size_hint(),
+        }
+    }
+}
 
 /// A pooled client to upstreams, plain or TLS.
 ///
@@ -42,9 +117,16 @@ type SentBody = Either<UpstreamBody, Empty<Bytes>>;
 #[derive(Clone)]
 pub struct UpstreamClient {
     inner: Client<HttpsConnector<CappedConnector>, SentBody>,
+    /// The worker's own pool, for bodiless requests to a plain-http upstream.
+    own: Option<Arc<H1Pool>>,
 }
 
 impl UpstreamClient {
+    /// The worker's own pool, if this client's upstreams are plain http.
+    pub fn own_pool(&self) -> Option<&Arc<H1Pool>> {
+        self.own.as_ref()
+    }
+
     /// Sends one request and returns the upstream response head.
     pub async fn request(
         &self,
@@ -86,7 +168,7 @@ impl UpstreamClient {
 
 /// The head of a bodiless request, kept to send it once more: its method, target, version and
 /// headers (the header values share their bytes with the request's; the map itself is copied).
-struct Replay {
+pub(crate) struct Replay {
     method: Method,
     uri: http::Uri,
     version: http::Version,
@@ -94,7 +176,7 @@ struct Replay {
 }
 
 impl Replay {
-    fn of(parts: &http::request::Parts) -> Self {
+    pub(crate) fn of(parts: &http::request::Parts) -> Self {
         Replay {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -103,7 +185,7 @@ impl Replay {
         }
     }
 
-    fn into_request(self) -> Request<SentBody> {
+    pub(crate) fn into_request(self) -> Request<SentBody> {
         let mut req = Request::new(Either::Right(Empty::new()));
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
@@ -114,7 +196,7 @@ impl Replay {
 }
 
 /// Methods a client may send again without changing what the first one did (RFC 9110 §9.2.2).
-fn is_idempotent(m: &Method) -> bool {
+pub(crate) fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -124,10 +206,14 @@ fn is_idempotent(m: &Method) -> bool {
 /// Whether the upstream ended the connection without a byte of response (EOF or reset) — what
 /// a stale kept-alive connection looks like. Not a connect failure, not a timeout.
 fn closed_before_answering(e: &hyper_util::client::legacy::Error) -> bool {
-    if e.is_connect() {
-        return false;
-    }
-    for s in crate::proxy::error::causes(e) {
+    !e.is_connect() && closed_before_answering_by(crate::proxy::error::causes(e))
+}
+
+/// [`closed_before_answering`], from the chain of an error's causes.
+pub(crate) fn closed_before_answering_by<'a>(
+    chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> bool {
+    for s in chain {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
             if h.is_incomplete_message() || h.is_canceled() {
                 return true;
@@ -150,7 +236,7 @@ fn closed_before_answering(e: &hyper_util::client::legacy::Error) -> bool {
 
 /// An upstream response with both `Transfer-Encoding` and `Content-Length` was read as chunked;
 /// its `Content-Length` must not reach the client (RFC 9112 §6.3).
-fn without_conflicting_length<B>(mut resp: Response<B>) -> Response<B> {
+pub(crate) fn without_conflicting_length<B>(mut resp: Response<B>) -> Response<B> {
     if resp.headers().contains_key(header::TRANSFER_ENCODING) {
         resp.headers_mut().remove(header::CONTENT_LENGTH);
     }
@@ -173,7 +259,7 @@ pub struct CappedConnector(HttpConnector);
 type ConnectFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<TokioIo<CappedTcp>, BoxError>> + Send>,
 >;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl tower_service::Service<http::Uri> for CappedConnector {
     type Response = TokioIo<CappedTcp>;
@@ -198,6 +284,12 @@ impl tower_service::Service<http::Uri> for CappedConnector {
 
 /// A TCP stream whose reads return at most [`UPSTREAM_READ_CHUNK`] bytes.
 pub struct CappedTcp(tokio::net::TcpStream);
+
+impl CappedTcp {
+    pub fn get_ref(&self) -> &tokio::net::TcpStream {
+        &self.0
+    }
+}
 
 impl hyper_util::client::legacy::connect::Connection for CappedTcp {
     fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
@@ -312,7 +404,7 @@ impl Upstreams {
             if let Some(c) = self.plain.get() {
                 return Ok(Arc::clone(c));
             }
-            let built = Arc::new(self.build(None, None)?);
+            let built = Arc::new(self.build(None, None, true)?);
             return Ok(Arc::clone(self.plain.get_or_init(|| built)));
         }
         let key = &policy.upstream_client_key;
@@ -322,6 +414,7 @@ impl Upstreams {
         let client = Arc::new(self.build(
             policy.upstream_ca.as_ref().map(|t| Arc::clone(&t.roots)),
             policy.upstream_sni.as_deref(),
+            false,
         )?);
         if let Ok(mut m) = self.clients.lock() {
             m.insert(*key, Arc::clone(&client));
@@ -329,10 +422,12 @@ impl Upstreams {
         Ok(client)
     }
 
+    /// A client; `plain`: for plain-http upstreams, with the worker's own pool ([`H1Pool`]).
     fn build(
         &self,
         ca: Option<Arc<rustls::RootCertStore>>,
         sni: Option<&str>,
+        plain: bool,
     ) -> Result<UpstreamClient, UpstreamTlsError> {
         let roots = ca.unwrap_or_else(|| Arc::clone(&self.platform_roots));
         let tls =
@@ -356,15 +451,23 @@ impl Upstreams {
             }
             None => builder,
         };
+        let max_head = MAX_RESPONSE_HEAD.max(self.limits.max_header_bytes);
+        let own = plain.then(|| {
+            Arc::new(H1Pool::new(
+                CappedConnector(http.clone()),
+                max_head,
+                MAX_IDLE_PER_UPSTREAM,
+                self.limits.idle_timeout,
+            ))
+        });
         let connector = builder
             .enable_all_versions()
             .wrap_connector(CappedConnector(http));
-        let max_head = MAX_RESPONSE_HEAD.max(self.limits.max_header_bytes);
         let inner = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(self.limits.idle_timeout)
-            .pool_max_idle_per_host(512)
+            .pool_max_idle_per_host(MAX_IDLE_PER_UPSTREAM)
             // A pooled connection found closed before the request was written: resend.
             .retry_canceled_requests(true)
             // Response head limits. The header count stays hyper's default, 100 (setting it
@@ -376,6 +479,6 @@ impl Upstreams {
             // the cookie is not forwarded, the page still is.
             .http1_ignore_invalid_headers_in_responses(true)
             .build(connector);
-        Ok(UpstreamClient { inner })
+        Ok(UpstreamClient { inner, own })
     }
 }
