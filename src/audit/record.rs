@@ -57,7 +57,7 @@ pub fn chain_hash_hex(prev: &[u8], canonical: &[u8]) -> [u8; HASH_LEN] {
     let mut h = Sha256::new();
     h.update(prev);
     h.update(canonical);
-    super::compact::hex64(&h.finalize().into())
+    super::digest::hex64(&h.finalize().into())
 }
 
 /// Seals a canonical record after `prev`: returns its hash and the line to write (with `\n`).
@@ -165,14 +165,14 @@ impl ConsentFacts {
         cookie_headers: impl IntoIterator<Item = &'h http::HeaderValue>,
         effective: &Consent,
     ) -> Self {
-        let digest = super::compact::consent_digest(spec, cookie_headers)
+        let digest = super::digest::consent_digest(spec, cookie_headers)
             .map(|d| String::from_utf8_lossy(&d).into_owned());
         ConsentFacts {
             present: digest.is_some(),
             digest,
             granted: effective.granted.keys().map(str::to_owned).collect(),
             gpc: effective.gpc,
-            source: super::compact::source_name(effective.source),
+            source: super::digest::source_name(effective.source),
         }
     }
 }
