@@ -11,10 +11,12 @@
 //! - [`edge`]: what faces the client before a request exists: accept loop, connection limit,
 //!   graceful drain ([`edge::server`]); the HTTP/1 head scanner that sees the bytes hyper parses
 //!   ([`edge::scanner`]); the https listener's rustls config ([`edge::tls`]).
-//! - [`proxy`]: one request from the client to the upstream and back (read this first): the
-//!   handler ([`proxy`]), request checks ([`proxy::checks`]), the upstream client pool
-//!   ([`proxy::upstream`]), streamed bodies with idle timeouts ([`proxy::body`]), the error type and
-//!   its status mapping ([`proxy::error`]).
+//! - [`proxy`]: one request from the client to the upstream and back (read this first: its
+//!   module doc walks one request): the handler ([`proxy`]), request checks ([`proxy::checks`]),
+//!   the heads' rewriting for the upstream and for the client (hop-by-hop, `X-Forwarded-*`,
+//!   `Host`, target: [`proxy::header_ops`]), the upstream client pool ([`proxy::upstream`]),
+//!   streamed bodies with idle timeouts ([`proxy::body`]), the error type, its status mapping and
+//!   the walk over hyper's error chains ([`proxy::error`]).
 //! - [`control`]: the live registry handle and its reloads ([`control::live`]), the server
 //!   certificates reloaded with it ([`control::certs`]), the admin endpoint ([`control::admin`]).
 //! - [`audit`]: the tamper-evident audit log: records, their hash chain, `audit verify`, and its

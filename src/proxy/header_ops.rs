@@ -191,6 +191,13 @@ pub fn to_upstream(
     Ok(())
 }
 
+/// Whether the client takes trailers: HTTP/2, or HTTP/1.1 with `TE: trailers` (the only `TE`
+/// value [`to_upstream`] leaves in `upstream_headers`). The response head then keeps its
+/// `Trailer` field ([`to_client`]).
+pub fn takes_trailers(client: Version, upstream_headers: &HeaderMap) -> bool {
+    client == Version::HTTP_2 || upstream_headers.contains_key(header::TE)
+}
+
 /// Rewrites an upstream's response head into the client's: hop-by-hop headers removed, except
 /// the `Trailer` field when the client `takes_trailers` (HTTP/2, or `TE: trailers`), which
 /// keeps the fields it names but `Set-Cookie` ([`trailer_announcement`]); the gateway's own

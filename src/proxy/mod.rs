@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{request, Request, Response, StatusCode, Uri, Version};
+use http::{request, response, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -397,17 +397,14 @@ impl Proxy {
         let side = strip_request(policy, &consent, &mut parts.headers);
         let from = Forwarded::new(peer, &self.trusted_proxies, self.scheme, &host);
         header_ops::to_upstream(&mut parts, policy, &from, upgrade.as_ref())?;
-        // Trailers reach an HTTP/2 client, and an HTTP/1.1 client that said `TE: trailers` (the
-        // only TE value left now): the response head then keeps its `Trailer` field.
-        let takes_trailers =
-            client_version == Version::HTTP_2 || parts.headers.contains_key(header::TE);
+        let takes_trailers = header_ops::takes_trailers(client_version, &parts.headers);
         // A cookie outside the response head is never forwarded (SPEC, Trailers): the body
         // removes the trailers' ([`ProxyBody`]), and a 1xx's are counted (`send_upstream`).
         let side_door = SideDoor {
             metrics: Arc::clone(&self.metrics),
             policy: Arc::clone(policy),
         };
-        let mut resp = self
+        let resp = self
             .send_upstream(
                 policy,
                 parts,
@@ -418,22 +415,14 @@ impl Proxy {
             )
             .await?;
 
-        // The response head the client gets.
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
-        let (mut parts, body) = resp.into_parts();
-        let upgraded = if switching {
-            if client_upgrade.is_none() {
-                // The upstream switched protocols on a request that did not ask to.
-                return Err(ProxyError::UpstreamProtocol);
-            }
-            parts.headers.get(header::UPGRADE).cloned()
-        } else {
-            None
-        };
-        header_ops::to_client(&mut parts, client_version, takes_trailers, upgraded);
-
-        // Its cookies: judged, purged, counted, audited.
+        // The response the client gets: its head rewritten, then its cookies judged, purged,
+        // counted and audited.
+        let (mut parts, body, upstream_upgrade) = client_response(
+            resp,
+            client_upgrade.is_some(),
+            client_version,
+            takes_trailers,
+        )?;
         let exchange = Exchange {
             url: RequestUrl::new(host.as_str(), request_uri.path(), self.scheme == "https"),
             now: crate::unix_now(),
@@ -447,9 +436,6 @@ impl Proxy {
             &exchange,
             audit.is_some(),
         );
-        if filtered.summary.any() || (!filtered.purged.is_empty() && policy.mode == Mode::Enforce) {
-            add_vary_cookie(&mut parts.headers);
-        }
         if let Some(request) = audit {
             request.record(
                 &snapshot,
@@ -552,8 +538,9 @@ impl Proxy {
 
     /// The response side of the policy on the response head's `headers`
     /// ([`filter_response`]): each `Set-Cookie` judged (and shown to the inventory), purge
-    /// deletions added; each decision counted, a drop logged at debug, a would-be drop (report
-    /// only) at info. With `audit`, each decision also goes into an audit record.
+    /// deletions added, `Vary: Cookie` when the response depends on the cookies; each decision
+    /// counted, a drop logged at debug, a would-be drop (report only) at info. With `audit`, each
+    /// decision also goes into an audit record.
     fn filter_set_cookies<'s>(
         &self,
         policy: &Arc<HostPolicy>,
@@ -646,6 +633,9 @@ impl Proxy {
             self.counters
                 .set_cookie(metrics, &policy.name, category, verdict, n);
         }
+        if summary.any() || (!purged.is_empty() && policy.mode == Mode::Enforce) {
+            add_vary_cookie(headers);
+        }
         Filtered {
             summary,
             purged,
@@ -690,6 +680,30 @@ impl Proxy {
                 .request_cookies(&self.metrics, &policy.name, action, n as u64);
         }
     }
+}
+
+/// The upstream's response as the client gets it: its head rewritten
+/// ([`header_ops::to_client`]), its body, and after a 101 the upstream's side of the tunnel. A
+/// 101 to a request that did not ask to upgrade (`asked_upgrade`) is the upstream's fault.
+fn client_response(
+    mut resp: Response<ResponseBody>,
+    asked_upgrade: bool,
+    client: Version,
+    takes_trailers: bool,
+) -> Result<(response::Parts, ResponseBody, Option<OnUpgrade>), ProxyError> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && !asked_upgrade {
+        return Err(ProxyError::UpstreamProtocol);
+    }
+    let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut resp));
+    let (mut parts, body) = resp.into_parts();
+    let upgraded = if switching {
+        parts.headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    header_ops::to_client(&mut parts, client, takes_trailers, upgraded);
+    Ok((parts, body, upstream_upgrade))
 }
 
 /// Joins the client's and the upstream's connections after a 101 until either side closes.
