@@ -14,9 +14,10 @@
 //! - [`proxy`]: one request from the client to the upstream and back (read this first: its
 //!   module doc walks one request): the handler ([`proxy`]), request checks ([`proxy::checks`]),
 //!   the heads' rewriting for the upstream and for the client (hop-by-hop, `X-Forwarded-*`,
-//!   `Host`, target: [`proxy::header_ops`]), the upstream client pool ([`proxy::upstream`]),
-//!   streamed bodies with idle timeouts ([`proxy::body`]), the error type, its status mapping and
-//!   the walk over hyper's error chains ([`proxy::error`]).
+//!   `Host`, target: [`proxy::header_ops`]), the upstream client pool and the worker's own HTTP/1
+//!   pool ([`proxy::upstream`]), the response body with its trailer filter ([`proxy::body`]), idle
+//!   timeouts for bodies and connections ([`proxy::idle`]), the error type and its status mapping
+//!   ([`proxy::error`]).
 //! - [`control`]: the live registry handle and its reloads ([`control::live`]), the server
 //!   certificates reloaded with it ([`control::certs`]), the admin endpoint ([`control::admin`]).
 //! - [`audit`]: the tamper-evident audit log: records, their hash chain, `audit verify`, and its

@@ -6,6 +6,8 @@
 
 use http::StatusCode;
 
+use crate::proxy::upstream::causes;
+
 /// Why a request could not be proxied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
@@ -159,31 +161,22 @@ fn classify<'a>(
     }
 }
 
-/// The causes of an error, its own source first: the one walk over the chains of hyper and
-/// hyper-util errors (hyper-util's client error wraps hyper's, which wraps an I/O error or the
-/// request body's own error).
-pub fn causes<'a>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(e.source(), |s| s.source())
-}
-
 /// When the upstream request failed because the client's body did (hyper's "error from user's
 /// Body stream", caused by the client connection's own error or by [`IdleTimeout`]): 408 when
 /// the client stalled (the body's or the connection's idle timeout), 400 otherwise (malformed
 /// chunked framing, a client that went away mid-body).
 ///
-/// [`IdleTimeout`]: crate::proxy::body::IdleTimeout
+/// [`IdleTimeout`]: crate::proxy::idle::IdleTimeout
 fn client_body_error(e: &hyper_util::client::legacy::Error) -> Option<ProxyError> {
     let user = causes(e)
         .filter_map(|s| s.downcast_ref::<hyper::Error>())
         .find(|h| h.is_user())?;
     let cause = std::error::Error::source(user)?;
-    if !cause.is::<crate::proxy::body::IdleTimeout>() && !cause.is::<hyper::Error>() {
+    if !cause.is::<crate::proxy::idle::IdleTimeout>() && !cause.is::<hyper::Error>() {
         return None;
     }
     let stalled = std::iter::once(cause).chain(causes(cause)).any(|x| {
-        x.is::<crate::proxy::body::IdleTimeout>()
+        x.is::<crate::proxy::idle::IdleTimeout>()
             || x.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
     });

@@ -33,8 +33,8 @@
 pub mod body;
 pub mod checks;
 pub mod error;
-pub mod h1pool;
 pub mod header_ops;
+pub mod idle;
 pub mod upstream;
 
 pub use body::UpstreamBody;
@@ -725,10 +725,10 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, held: Arc<Snapshot>) {
 /// Sends a bodiless request and waits for the response head (`None` after `timeout`). If the
 /// caller is dropped meanwhile (the client went away), the exchange goes on by itself: the
 /// connect completes and the connection is pooled, the response head is read and up to
-/// [`h1pool::ABANDONED_DRAIN_BYTES`] of its body, so that the connection is pooled again. A
+/// [`upstream::ABANDONED_DRAIN_BYTES`] of its body, so that the connection is pooled again. A
 /// client that opens and cancels requests in a loop therefore costs the origin its requests,
 /// never a new connection each. To a plain-http upstream the request goes through the worker's
-/// own pool, in this task ([`h1pool::H1Pool::exchange`]); to others, from a task of its own.
+/// own pool, in this task ([`upstream::H1Pool::exchange`]); to others, from a task of its own.
 async fn exchange_detached(
     client: Arc<UpstreamClient>,
     req: Request<UpstreamBody>,
@@ -746,7 +746,7 @@ async fn exchange_detached(
             .map(|r| r.map(ResponseBody::Client))
             .map_err(UpstreamError::Client);
         if let Err(Ok(resp)) = tx.send(result) {
-            h1pool::drain_abandoned(resp.into_body()).await;
+            upstream::drain_abandoned(resp.into_body()).await;
         }
     });
     rx.await.ok()
