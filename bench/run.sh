@@ -37,6 +37,7 @@
 #   INSTALL [1]  0: never apt-get install (otherwise, as root, missing Debian packages are installed)
 #   MEMORY [1]   memory step: nginx-plain and the gateway restarted fresh, then for each the RSS with
 #                MEM_CONNS open keep-alive connections (bench/hold_conns.py), KiB per idle connection  MEM_CONNS [5000]
+#                opened MEM_CONCURRENCY at a time (one row per value, fresh processes each)  MEM_CONCURRENCY ["64 500"]
 #   TLS [0]      1: TLS step (needs h2load from nghttp2-client, openssl): the gateway restarted with an https
 #                listener (dev certificates made in the scratch dir by certs/make-dev-certs.sh); h2load on /
 #                with CONNS connections: h1 plain vs h1 TLS vs h2 TLS (1 stream per connection), then the
@@ -76,6 +77,7 @@ BUILD=${BUILD:-1}
 INSTALL=${INSTALL:-1}
 MEMORY=${MEMORY:-1}
 MEM_CONNS=${MEM_CONNS:-5000}
+MEM_CONCURRENCY=${MEM_CONCURRENCY:-"64 500"}
 TLS=${TLS:-0}
 AUDIT=${AUDIT:-0}
 NEWCONN=${NEWCONN:-3000}
@@ -86,6 +88,7 @@ die() { echo "run.sh: $*" >&2; exit 2; }
   || die "PORT_BASE must be a number in 1024..64000"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ "$MEM_CONNS" =~ ^[0-9]+$ ]] || die "MEM_CONNS must be a number"
+for c in $MEM_CONCURRENCY; do [[ "$c" =~ ^[1-9][0-9]*$ ]] || die "MEM_CONCURRENCY: '$c' is not a positive number"; done
 for p in $PATHS; do
   case "$p" in /|/big|/plain) ;; *) die "PATHS: '$p' is not one of / /big /plain" ;; esac
 done
@@ -667,11 +670,11 @@ restart_nginx_plain() { # a fresh nginx-plain (master + workers), as the gateway
   wait_http "http://127.0.0.1:$PEER_PLAIN_PORT/plain" 10 || die "nginx-plain did not restart"
 }
 MEM_ROWS=()
-hold_step() { # TARGET ADDR N: holds N keep-alive connections (each served one GET /plain), one row
-  local t=$1 addr=$2 n=$3 pids=() args=() out held ok200 before with per
+hold_step() { # TARGET ADDR N CONCURRENCY: holds N keep-alive connections (each served one GET /plain), one row
+  local t=$1 addr=$2 n=$3 c=$4 pids=() args=() out held ok200 before with per
   pids=($(target_pids "$t"))
   for p in "${pids[@]}"; do args+=(--pid "$p"); done
-  out=$(python3 "$BENCH_DIR/hold_conns.py" "$addr" "$n" "${args[@]}" 2>&1) || MEM_FAIL=1
+  out=$(python3 "$BENCH_DIR/hold_conns.py" "$addr" "$n" "${args[@]}" --concurrency "$c" 2>&1) || MEM_FAIL=1
   sed "s/^/   hold_conns $t: /" <<<"$out"
   held=$(sed -n 's/^connections held: \([0-9]*\).*/\1/p' <<<"$out")
   ok200=$(sed -n "s/.*statuses: .*'200': \([0-9]*\).*/\1/p" <<<"$out")
@@ -680,7 +683,7 @@ hold_step() { # TARGET ADDR N: holds N keep-alive connections (each served one G
   per=$(sed -n 's/.*per connection: \([0-9.]*\) KiB.*/\1/p' <<<"$out")
   [ "${held:-0}" = "$n" ] && [ "${ok200:-0}" = "$n" ] || { MEM_FAIL=1; echo "MEMORY STEP FAILED ($t): expected $n connections held, each answered 200"; }
   sleep 2
-  MEM_ROWS+=("$(printf '%-12s %6s %10s %10s %10s %10s %22s %12s' "$t" "${#pids[@]}" "${before:-?}" "${with:-?}" \
+  MEM_ROWS+=("$(printf '%-12s %6s %6s %10s %10s %10s %10s %22s %12s' "$t" "${#pids[@]}" "$c" "${before:-?}" "${with:-?}" \
     "$(awk -v a="${before:-0}" -v b="${with:-0}" 'BEGIN{printf "%.1f", b - a}')" \
     "$(awk -v p="${per:-0}" 'BEGIN{printf "%.2f", p}')" "${held:-?} (${ok200:-0} x 200)" \
     "$(awk "BEGIN{printf \"%.1f\", $(status_kib VmRSS $(target_pids "$t"))/1024}")")")
@@ -695,24 +698,29 @@ if [ "$MEMORY" = 1 ] && [ -n "${ROOT[gateway]:-}" ]; then
     n=$(( NOFILE - 256 )); [ "$n" -lt 0 ] && n=0
     echo "NOTE: ulimit -n is limited to $NOFILE (hard $NOFILE_HARD): holding $n connections instead of $MEM_CONNS"
   fi
-  if [ "$MANAGED_GATEWAY" = 1 ]; then
-    # Fresh processes, so that the figures do not carry the load runs' allocator state.
-    restart_gateway
-    [ -n "${ROOT[nginx-plain]:-}" ] && restart_nginx_plain
-    sleep 2
-  fi
   if [ "$n" -gt 0 ]; then
     echo
-    echo "-- idle keep-alive connections, side by side: $n connections opened 500 at a time, each sends one"
-    echo "   GET /plain, reads the response and stays open (bench/hold_conns.py); RSS = VmRSS summed over the"
-    echo "   target's processes (nginx: master + workers), fresh processes, read 1 s after the last connection"
-    [ -n "${ROOT[nginx-plain]:-}" ] && hold_step nginx-plain "127.0.0.1:$PEER_PLAIN_PORT" "$n"
-    hold_step gateway "$GATEWAY" "$n"
-    printf '%-12s %6s %10s %10s %10s %10s %22s %12s\n' target procs 'idle MiB' 'held MiB' 'growth MiB' \
+    echo "-- idle keep-alive connections, side by side: $n connections, opened C at a time (C = $MEM_CONCURRENCY), each"
+    echo "   sends one GET /plain, reads the response and stays open (bench/hold_conns.py); RSS = VmRSS summed over"
+    echo "   the target's processes (nginx: master + workers), fresh processes for each C, read 1 s after the last"
+    echo "   connection"
+    for c in $MEM_CONCURRENCY; do
+      if [ "$MANAGED_GATEWAY" = 1 ]; then
+        # Fresh processes, so that the figures carry neither the load runs' allocator state nor
+        # the previous burst's.
+        restart_gateway
+        [ -n "${ROOT[nginx-plain]:-}" ] && restart_nginx_plain
+        sleep 2
+      fi
+      [ -n "${ROOT[nginx-plain]:-}" ] && hold_step nginx-plain "127.0.0.1:$PEER_PLAIN_PORT" "$n" "$c"
+      hold_step gateway "$GATEWAY" "$n" "$c"
+    done
+    printf '%-12s %6s %6s %10s %10s %10s %10s %22s %12s\n' target procs C 'idle MiB' 'held MiB' 'growth MiB' \
       'KiB/conn' 'connections held' 'closed+2s MiB'
     printf '%s\n' "${MEM_ROWS[@]}"
-    echo "(KiB/conn = (held - idle) / connections: what one idle keep-alive connection costs, the allocator's"
-    echo " leftovers of the burst that opened them included; closed+2s = RSS 2 s after they closed)"
+    echo "(KiB/conn = (held - idle) / connections: what one idle keep-alive connection costs, with what the burst that"
+    echo " opened them (C requests at once, each with its upstream request) left in the allocator; closed+2s = RSS 2 s"
+    echo " after they closed)"
   fi
 fi
 

@@ -95,7 +95,7 @@ async fn one_connection_serves_requests_across_idle_pauses() {
         assert_eq!(r.body, format!("ok /r{i}").as_bytes());
         assert_eq!(r.set_cookie_names(), vec!["sessionid"], "filtered");
         // The connection goes idle between requests (the pause is what is tested).
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
     }
     assert_eq!(seen.lock().unwrap().len(), 5);
 }
@@ -221,7 +221,7 @@ async fn an_upgrade_after_kept_alive_requests_is_tunnelled() {
             .await
             .expect("a response");
         assert_eq!(r.body, b"plain");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
     }
     s.write_all(
         b"GET /ws HTTP/1.1\r\nHost: portal.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",

@@ -318,6 +318,12 @@ impl tower_service::Service<http::Uri> for CappedConnector {
     }
 }
 
+thread_local! {
+    /// Where [`CappedTcp`] reads (see its `poll_read`).
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; UPSTREAM_READ_CHUNK].into_boxed_slice());
+}
+
 /// A TCP stream whose reads return at most [`UPSTREAM_READ_CHUNK`] bytes.
 pub struct CappedTcp(tokio::net::TcpStream);
 
@@ -342,11 +348,23 @@ impl tokio::io::AsyncRead for CappedTcp {
         if buf.remaining() <= UPSTREAM_READ_CHUNK {
             return std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
         }
-        let mut part = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(UPSTREAM_READ_CHUNK));
-        std::task::ready!(std::pin::Pin::new(&mut self.0).poll_read(cx, &mut part))?;
-        let n = part.filled().len();
-        buf.advance(n);
-        std::task::Poll::Ready(Ok(()))
+        // Through the thread's scratch chunk, copied into hyper's buffer: bounding a read to a
+        // part of hyper's (uninitialized) buffer would mean zeroing that part first, on every
+        // read, those that find nothing to read included.
+        SCRATCH.with(|scratch| {
+            let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                let mut part =
+                    tokio::io::ReadBuf::new(buf.initialize_unfilled_to(UPSTREAM_READ_CHUNK));
+                std::task::ready!(std::pin::Pin::new(&mut self.0).poll_read(cx, &mut part))?;
+                let n = part.filled().len();
+                buf.advance(n);
+                return std::task::Poll::Ready(Ok(()));
+            };
+            let mut part = tokio::io::ReadBuf::new(&mut scratch[..]);
+            std::task::ready!(std::pin::Pin::new(&mut self.0).poll_read(cx, &mut part))?;
+            buf.put_slice(part.filled());
+            std::task::Poll::Ready(Ok(()))
+        })
     }
 }
 
