@@ -38,6 +38,10 @@
 #   MEMORY [1]   memory step: nginx-plain and the gateway restarted fresh, then for each the RSS with
 #                MEM_CONNS open keep-alive connections (bench/hold_conns.py), KiB per idle connection  MEM_CONNS [5000]
 #                opened MEM_CONCURRENCY at a time (one row per value, fresh processes each)  MEM_CONCURRENCY ["64 500"]
+#                MEM_TLS=1 adds the same over TLS (HTTP/1.1, then HTTP/2) against nginx-plain's settings with
+#                TLS + HTTP/2 (peer-nginx-tls.conf, 127.0.0.1:PORT_BASE+5) and the gateway's https listener  [0],
+#                opened MEM_TLS_CONCURRENCY at a time [64] (the Python client's handshakes are slow: with
+#                hundreds at once, some outlast the gateway's handshake limit, header_read_timeout)
 #   TLS [0]      1: TLS step (needs h2load from nghttp2-client, openssl): the gateway restarted with an https
 #                listener (dev certificates made in the scratch dir by certs/make-dev-certs.sh); h2load on /
 #                with CONNS connections: h1 plain vs h1 TLS vs h2 TLS (1 stream per connection), then the
@@ -78,6 +82,8 @@ INSTALL=${INSTALL:-1}
 MEMORY=${MEMORY:-1}
 MEM_CONNS=${MEM_CONNS:-5000}
 MEM_CONCURRENCY=${MEM_CONCURRENCY:-"64 500"}
+MEM_TLS=${MEM_TLS:-0}
+MEM_TLS_CONCURRENCY=${MEM_TLS_CONCURRENCY:-64}
 TLS=${TLS:-0}
 AUDIT=${AUDIT:-0}
 NEWCONN=${NEWCONN:-3000}
@@ -88,7 +94,7 @@ die() { echo "run.sh: $*" >&2; exit 2; }
   || die "PORT_BASE must be a number in 1024..64000"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ "$MEM_CONNS" =~ ^[0-9]+$ ]] || die "MEM_CONNS must be a number"
-for c in $MEM_CONCURRENCY; do [[ "$c" =~ ^[1-9][0-9]*$ ]] || die "MEM_CONCURRENCY: '$c' is not a positive number"; done
+for c in $MEM_CONCURRENCY $MEM_TLS_CONCURRENCY; do [[ "$c" =~ ^[1-9][0-9]*$ ]] || die "MEM_CONCURRENCY: '$c' is not a positive number"; done
 for p in $PATHS; do
   case "$p" in /|/big|/plain) ;; *) die "PATHS: '$p' is not one of / /big /plain" ;; esac
 done
@@ -100,6 +106,7 @@ HAPROXY_LUA_PORT=$((PORT_BASE + 4))
 GATEWAY_PORT=$((PORT_BASE + 10))
 GATEWAY_ADMIN_PORT=$((PORT_BASE + 1010))
 GATEWAY_TLS_PORT=$((PORT_BASE + 11))
+PEER_TLS_PORT=$((PORT_BASE + 5))
 GATEWAY_NOINV_PORT=$((PORT_BASE + 12))
 GATEWAY_NOINV_ADMIN_PORT=$((PORT_BASE + 1012))
 GATEWAY_AUDIT_PORT=$((PORT_BASE + 13))
@@ -232,7 +239,7 @@ trap 'exit 130' INT TERM
 # say where, and exit 2 (not 1, which means a correctness failure).
 trap 'echo "run.sh: unexpected failure (status $?) at line $LINENO: $BASH_COMMAND" >&2; exit 2' ERR
 
-mkdir -p "$RUN/conf" "$RUN/upstream/tmp" "$RUN/upstream/www" "$RUN/peer-njs/tmp" "$RUN/peer-plain/tmp" "$RUN/wrk"
+mkdir -p "$RUN/conf" "$RUN/upstream/tmp" "$RUN/upstream/www" "$RUN/peer-njs/tmp" "$RUN/peer-plain/tmp" "$RUN/peer-tls/tmp" "$RUN/wrk"
 
 # Configuration copies with the ports of PORT_BASE (two passes through placeholders, so that a new
 # port equal to an old one is not rewritten twice).
@@ -240,11 +247,13 @@ ports_sed() {
   sed -e 's/127\.0\.0\.1:18080\b/127.0.0.1:@P0@/g' -e 's/127\.0\.0\.1:18081\b/127.0.0.1:@P1@/g' \
       -e 's/127\.0\.0\.1:18082\b/127.0.0.1:@P2@/g' -e 's/127\.0\.0\.1:18083\b/127.0.0.1:@P3@/g' \
       -e 's/127\.0\.0\.1:18084\b/127.0.0.1:@P4@/g' -e 's/127\.0\.0\.1:18090\b/127.0.0.1:@PG@/g' \
+      -e 's/127\.0\.0\.1:18085\b/127.0.0.1:@P5@/g' -e "s|@CERTS@|$RUN/certs|g" \
       -e 's/127\.0\.0\.1:19090\b/127.0.0.1:@PA@/g' \
       -e "s/@P0@/$UPSTREAM_PORT/g; s/@P1@/$PEER_NJS_PORT/g; s/@P2@/$HAPROXY_PORT/g; s/@P3@/$PEER_PLAIN_PORT/g" \
-      -e "s/@P4@/$HAPROXY_LUA_PORT/g; s/@PG@/$GATEWAY_PORT/g; s/@PA@/$GATEWAY_ADMIN_PORT/g" "$1" > "$2"
+      -e "s/@P4@/$HAPROXY_LUA_PORT/g; s/@PG@/$GATEWAY_PORT/g; s/@PA@/$GATEWAY_ADMIN_PORT/g" \
+      -e "s/@P5@/$PEER_TLS_PORT/g" "$1" > "$2"
 }
-for f in upstream.conf peer-nginx.conf peer-nginx-plain.conf haproxy.cfg; do ports_sed "$BENCH_DIR/$f" "$RUN/conf/$f"; done
+for f in upstream.conf peer-nginx.conf peer-nginx-plain.conf peer-nginx-tls.conf haproxy.cfg; do ports_sed "$BENCH_DIR/$f" "$RUN/conf/$f"; done
 cp "$BENCH_DIR/consent.js" "$RUN/conf/"
 mkdir -p "$RUN/gateway/hosts"
 ports_sed "$BENCH_DIR/gateway/gateway.toml" "$RUN/gateway/gateway.toml"
@@ -670,12 +679,13 @@ restart_nginx_plain() { # a fresh nginx-plain (master + workers), as the gateway
   wait_http "http://127.0.0.1:$PEER_PLAIN_PORT/plain" 10 || die "nginx-plain did not restart"
 }
 MEM_ROWS=()
-hold_step() { # TARGET ADDR N CONCURRENCY: holds N keep-alive connections (each served one GET /plain), one row
-  local t=$1 addr=$2 n=$3 c=$4 pids=() args=() out held ok200 before with per
+hold_step() { # TARGET ADDR N CONCURRENCY [PROTOCOL]: holds N keep-alive connections (each served one GET /plain), one row
+  local t=$1 addr=$2 n=$3 c=$4 proto=${5:-h1} pids=() args=() out held ok200 before with per
   pids=($(target_pids "$t"))
   for p in "${pids[@]}"; do args+=(--pid "$p"); done
+  case "$proto" in tls) args+=(--tls) ;; h2) args+=(--h2) ;; esac
   out=$(python3 "$BENCH_DIR/hold_conns.py" "$addr" "$n" "${args[@]}" --concurrency "$c" 2>&1) || MEM_FAIL=1
-  sed "s/^/   hold_conns $t: /" <<<"$out"
+  sed "s/^/   hold_conns $t $proto: /" <<<"$out"
   held=$(sed -n 's/^connections held: \([0-9]*\).*/\1/p' <<<"$out")
   ok200=$(sed -n "s/.*statuses: .*'200': \([0-9]*\).*/\1/p" <<<"$out")
   before=$(sed -n 's/^RSS before: \([0-9.]*\) MiB.*/\1/p' <<<"$out")
@@ -683,7 +693,7 @@ hold_step() { # TARGET ADDR N CONCURRENCY: holds N keep-alive connections (each 
   per=$(sed -n 's/.*per connection: \([0-9.]*\) KiB.*/\1/p' <<<"$out")
   [ "${held:-0}" = "$n" ] && [ "${ok200:-0}" = "$n" ] || { MEM_FAIL=1; echo "MEMORY STEP FAILED ($t): expected $n connections held, each answered 200"; }
   sleep 2
-  MEM_ROWS+=("$(printf '%-12s %6s %6s %10s %10s %10s %10s %22s %12s' "$t" "${#pids[@]}" "$c" "${before:-?}" "${with:-?}" \
+  MEM_ROWS+=("$(printf '%-12s %-8s %6s %6s %10s %10s %10s %10s %22s %12s' "$t" "$proto" "${#pids[@]}" "$c" "${before:-?}" "${with:-?}" \
     "$(awk -v a="${before:-0}" -v b="${with:-0}" 'BEGIN{printf "%.1f", b - a}')" \
     "$(awk -v p="${per:-0}" 'BEGIN{printf "%.2f", p}')" "${held:-?} (${ok200:-0} x 200)" \
     "$(awk "BEGIN{printf \"%.1f\", $(status_kib VmRSS $(target_pids "$t"))/1024}")")")
@@ -715,7 +725,33 @@ if [ "$MEMORY" = 1 ] && [ -n "${ROOT[gateway]:-}" ]; then
       [ -n "${ROOT[nginx-plain]:-}" ] && hold_step nginx-plain "127.0.0.1:$PEER_PLAIN_PORT" "$n" "$c"
       hold_step gateway "$GATEWAY" "$n" "$c"
     done
-    printf '%-12s %6s %6s %10s %10s %10s %10s %22s %12s\n' target procs C 'idle MiB' 'held MiB' 'growth MiB' \
+    if [ "$MEM_TLS" = 1 ]; then
+      if [ -z "$GATEWAY_TLS_CMD" ] || ! command -v openssl >/dev/null; then
+        echo "   (MEM_TLS=1 skipped: needs the harness-started gateway without GATEWAY_CMD, and openssl)"
+      else
+        [ -f "$RUN/certs/default.crt" ] || CERTS_DIR=$RUN/certs bash "$REPO/certs/make-dev-certs.sh" > "$RUN/certs.log" 2>&1 \
+          || die "certs/make-dev-certs.sh failed"
+        port_busy "$PEER_TLS_PORT" && die "port $PEER_TLS_PORT (nginx TLS peer) is taken"
+        for proto in tls h2; do
+          for c in $MEM_TLS_CONCURRENCY; do
+            restart_gateway "$GATEWAY_TLS_CMD"
+            if [ -n "${ROOT[nginx-tls]:-}" ]; then
+              stop_pids "${ROOT[nginx-tls]}"
+              keep=(); for p in "${PIDS[@]}"; do [ "$p" = "${ROOT[nginx-tls]}" ] || keep+=("$p"); done; PIDS=("${keep[@]}")
+            fi
+            start_bg peer-nginx-tls "$RUN/peer-tls/stdout.log" \
+              nginx -p "$RUN/peer-tls/" -c "$RUN/conf/peer-nginx-tls.conf" -e "$RUN/peer-tls/error.log" -g 'daemon off;'
+            ROOT[nginx-tls]=$LAST_PID
+            for i in $(seq 1 100); do curl -sk -o /dev/null --max-time 1 "https://127.0.0.1:$PEER_TLS_PORT/plain" && break; sleep 0.1; done
+            curl -sk -o /dev/null --max-time 5 "https://127.0.0.1:$GATEWAY_TLS_PORT/plain" || die "TLS gateway does not answer on https"
+            sleep 2
+            hold_step nginx-tls "127.0.0.1:$PEER_TLS_PORT" "$n" "$c" "$proto"
+            hold_step gateway "127.0.0.1:$GATEWAY_TLS_PORT" "$n" "$c" "$proto"
+          done
+        done
+      fi
+    fi
+    printf '%-12s %-8s %6s %6s %10s %10s %10s %10s %22s %12s\n' target protocol procs C 'idle MiB' 'held MiB' 'growth MiB' \
       'KiB/conn' 'connections held' 'closed+2s MiB'
     printf '%s\n' "${MEM_ROWS[@]}"
     echo "(KiB/conn = (held - idle) / connections: what one idle keep-alive connection costs, with what the burst that"
