@@ -329,11 +329,17 @@ impl Proxy {
         let body = match body {
             ProxyBody::Upstream(b, side_door) => {
                 let metrics = Arc::clone(&self.metrics);
-                let (host, method, uri) =
-                    (host.to_owned(), flight.method.clone(), flight.uri.clone());
+                // The policy, not a copy of its name: nothing allocated unless the body is
+                // abandoned.
+                let (policy, method, uri) = (
+                    outcome.policy.clone(),
+                    flight.method.clone(),
+                    flight.uri.clone(),
+                );
                 let start = flight.start;
                 ProxyBody::Upstream(
                     b.on_abandon(Box::new(move || {
+                        let host = policy.as_ref().map_or("unknown", |p| p.name.as_str());
                         tracing::info!(
                             target: "consent_gateway::access",
                             host,
@@ -346,7 +352,9 @@ impl Proxy {
                         );
                         metrics
                             .client_aborts
-                            .get_or_create(&HostLabel { host })
+                            .get_or_create(&HostLabel {
+                                host: host.to_owned(),
+                            })
                             .inc();
                     })),
                     side_door,
