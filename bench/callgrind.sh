@@ -10,7 +10,9 @@
 # consent cookie, path PATH_ [/]), and prints (Ir(2N) - Ir(N)) / N: start-up and shutdown cancel
 # out. Kernel time is not counted: this measures what the code does, not what the syscalls cost.
 # Needs valgrind, h2load and nginx. Knobs: PORT_BASE [18080] (upstream; the gateway listens on
-# +10, its admin on +1010), KEEP=1 keeps the callgrind files for callgrind_annotate.
+# +10, its admin on +1010), KEEP=1 keeps the callgrind files for callgrind_annotate, AUDIT=1 turns
+# the audit log on (to a file in the scratch dir, as run.sh's gateway-audit does), so that the
+# writer thread's work is counted too: the audit log's cost per request, free of the noise.
 set -euo pipefail
 BIN=${1:?binary}; N=${2:-4000}
 PORT_BASE=${PORT_BASE:-18080}
@@ -32,6 +34,10 @@ mkdir -p "$OUT/up/tmp" "$OUT/up/www" "$OUT/gw/hosts"
 ports "$HERE/upstream.conf" "$OUT/up.conf"
 ports "$HERE/gateway/gateway.toml" "$OUT/gw/gateway.toml"
 for f in "$HERE"/gateway/hosts/*.toml; do ports "$f" "$OUT/gw/hosts/$(basename "$f")"; done
+if [ "${AUDIT:-0}" = 1 ]; then
+  mkdir -p "$OUT/audit"
+  printf '\n[audit]\npath = "%s"\n' "$OUT/audit/audit.jsonl" >> "$OUT/gw/gateway.toml"
+fi
 # The same ~2 KiB page as run.sh generates (the body's bytes do not matter here, its size does).
 { echo '<!DOCTYPE html><html lang="en"><head><title>Open data portal</title></head><body><ul>'
   for i in $(seq 1 18); do printf '<li><a href="/explore/dataset/ds-%02d/">Dataset %02d: population and mobility</a></li>\n' "$i" "$i"; done
@@ -50,6 +56,12 @@ run() { # requests -> total Ir
   done
   h2load --h1 -n "$n" -c 16 -H "Cookie: $COOKIE" "http://127.0.0.1:$GW$PATH_" > "$OUT/h2load.$n" 2>&1
   kill -TERM "$pid"; wait "$pid" || true
+  if [ "${AUDIT:-0}" = 1 ]; then
+    # Every request must have left its record; the next run starts a chain of its own.
+    local records; records=$(cat "$OUT"/audit/audit.jsonl* | grep -c '"kind":"response"' || true)
+    [ "$records" -ge "$n" ] || { echo "audit log holds $records response records for $n requests" >&2; exit 1; }
+    rm -f "$OUT"/audit/audit.jsonl*
+  fi
   grep -q " $n succeeded, 0 failed, 0 errored" "$OUT/h2load.$n" || { cat "$OUT/h2load.$n" >&2; exit 1; }
   grep -q '^status codes: '"$n"' 2xx' "$OUT/h2load.$n" || { cat "$OUT/h2load.$n" >&2; exit 1; }
   awk '/^summary:/ {print $2}' "$OUT/cg.$n"

@@ -8,12 +8,15 @@ holds them all open until the server's RSS has been read. Prints the statuses se
 --tls speaks HTTP/1.1 over TLS (certificate not checked); --h2 speaks HTTP/2 over TLS (ALPN h2,
 one stream per connection, then the connection stays open without a stream).
 """
-import argparse, asyncio, collections, resource, ssl, struct
+import argparse, asyncio, collections, functools, resource, ssl, struct
 
 REQ = (b"GET /plain HTTP/1.1\r\nHost: 127.0.0.1\r\n"
        b"Cookie: cookies_preferences=%7B%22necessary%22%3Atrue%7D; sessionid=abc\r\n\r\n")
 
+@functools.lru_cache(maxsize=None)
 def tls_context(alpn):
+    # One context per protocol: a context per connection loads the CA store each time (~0.7 MB
+    # apiece, 3.5 GB for 5,000 connections).
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
