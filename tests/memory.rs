@@ -83,12 +83,31 @@ impl hyper::body::Body for Repeat {
 }
 
 /// HTTP/1 clients that ask for a large response and never read it: the gateway's resident set
-/// grows by less than 64 KiB per client (it was about 590 KiB).
+/// grows by less than the memory model's bound per client (`config::memory::h1_stalled`: 60 KiB
+/// with 4 KiB upstream reads, 144 KiB with the default 32 KiB; it was about 590 KiB before reads
+/// and buffers were bounded).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_http1_clients_cost_little_memory() {
+    for (read, setting) in [(4 << 10, "upstream_read_size = \"4KiB\"\n"), (32 << 10, "")] {
+        let per_client = stalled_http1_clients(setting).await;
+        let bound = consent_gateway::config::memory::h1_stalled(read) >> 10;
+        assert!(
+            per_client < bound,
+            "{per_client} KiB per stalled client with {} KiB reads (bound {bound} KiB)",
+            read >> 10
+        );
+    }
+}
+
+/// The resident KiB each of 200 stalled HTTP/1 clients adds, with `limits` in `[limits]`.
+async fn stalled_http1_clients(limits: &str) -> u64 {
     const CLIENTS: usize = 200;
     let up = big_origin().await;
-    let gw = start(&portal_toml(up, ""), "[proxy]\nworkers = 1\n").await;
+    let gw = start(
+        &portal_toml(up, ""),
+        &format!("[proxy]\nworkers = 1\n[limits]\n{limits}"),
+    )
+    .await;
     // Warm up: allocator arenas, pools, the first connections.
     for _ in 0..3 {
         let r = get(gw.http, "portal.test", "/warm", "").await;
@@ -107,10 +126,10 @@ async fn stalled_http1_clients_cost_little_memory() {
     let after = settled_rss_kib(&gw).await;
     let per_client = after.saturating_sub(before) / CLIENTS as u64;
     eprintln!(
-        "stalled HTTP/1 clients: RSS {before} KiB -> {after} KiB, {per_client} KiB per client ({CLIENTS} clients)"
+        "stalled HTTP/1 clients ({limits:?}): RSS {before} KiB -> {after} KiB, {per_client} KiB per client ({CLIENTS} clients)"
     );
-    assert!(per_client < 64, "{per_client} KiB per stalled client");
     drop(clients);
+    per_client
 }
 
 /// Idle HTTP/1.1 keep-alive connections, each of which has served one request: the gateway's
@@ -157,9 +176,9 @@ async fn idle_keep_alive_connections_cost_little_memory() {
 }
 
 /// One HTTP/2 client announcing the largest windows, opening 256 streams for a large response
-/// each and then never reading its socket: the gateway's resident set grows by less than 8 MiB
-/// (it was about 150 MB). The gateway lets 64 streams run at once; the client queues the
-/// rest.
+/// each and then never reading its socket: the gateway's resident set grows by less than the
+/// memory model's bound (11.5 MiB with the default 32 KiB upstream reads; it was about 150 MB).
+/// The gateway lets 64 streams run at once; the client queues the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_http2_streams_cost_little_memory() {
     let up = big_origin().await;
@@ -270,9 +289,15 @@ async fn stalled_http2_streams_cost_little_memory() {
         "stalled HTTP/2 client: {opened} streams sent, {answered} answered; RSS {before} KiB -> {after} KiB (+{growth} KiB)"
     );
     assert!(answered > 0);
+    // The memory model's bound for one HTTP/2 connection with every stream stalled, with the
+    // default 32 KiB upstream reads: 64 x 168 KiB + the 1 MiB receive window.
+    let bound = (consent_gateway::config::memory::H2_STREAMS
+        * consent_gateway::config::memory::h2_stream(32 << 10)
+        + consent_gateway::config::memory::H2_RECEIVE_WINDOW)
+        >> 10;
     assert!(
-        growth < 8 * 1024,
-        "+{growth} KiB for one stalled HTTP/2 client"
+        growth < bound,
+        "+{growth} KiB for one stalled HTTP/2 client (bound {bound} KiB)"
     );
     drop(held);
 }
@@ -307,19 +332,27 @@ fn check_warns_when_the_worst_case_does_not_fit_the_budget() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    // The defaults: 10,000 connections of 80 KiB do not fit 256 MiB.
+    // The defaults: 10,000 connections of 144 KiB (stalled, 32 KiB upstream reads) do not fit
+    // 256 MiB.
     let (code, _, err) = run("");
     assert_eq!(code, Some(0), "{err}");
-    assert!(err.contains("warning: memory: worst case 802 MiB"), "{err}");
     assert!(
-        err.contains("does not fit; limits.max_connections = 3020 would"),
+        err.contains("warning: memory: worst case 1427 MiB"),
+        "{err}"
+    );
+    assert!(
+        err.contains("does not fit; limits.max_connections = 1678 would"),
         "{err}"
     );
     // What the shipped Kubernetes config says.
-    let (code, out, err) = run("memory_budget = \"256MiB\"\nmax_connections = 3000\n");
+    let (code, out, err) = run("memory_budget = \"256MiB\"\nmax_connections = 1650\n");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("memory: worst case 253 MiB"), "{out}");
+    assert!(!err.contains("does not fit"), "{err}");
+    // Smaller upstream reads: a head of 64 KiB (80 KiB) is the larger worst case.
+    let (code, out, err) = run("max_connections = 3000\nupstream_read_size = \"8KiB\"\n");
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("memory: worst case 255 MiB"), "{out}");
-    assert!(!err.contains("does not fit"), "{err}");
     // A budget that does not parse is a config error with its place.
     let (code, _, err) = run("memory_budget = \"lots\"\n");
     assert_eq!(code, Some(1));

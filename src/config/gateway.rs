@@ -78,6 +78,7 @@ pub(super) struct RawLimits {
     pub(super) shutdown_grace: Option<Spanned<String>>,
     pub(super) memory_budget: Option<Spanned<String>>,
     pub(super) max_purge_headers: Option<Spanned<i64>>,
+    pub(super) upstream_read_size: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -151,6 +152,10 @@ pub struct Limits {
     /// Most purge deletions added to one response; further refused cookies wait for later
     /// responses.
     pub max_purge_headers: usize,
+    /// Largest single read from an upstream connection: each read is handed on as one body
+    /// frame, so this trades system calls per response byte for memory per stalled client
+    /// ([`memory::h1_stalled`]).
+    pub upstream_read_size: usize,
 }
 
 /// The memory model behind `[limits] memory_budget`, from the bounds set in `server` and `tls`
@@ -159,18 +164,30 @@ pub struct Limits {
 pub mod memory {
     /// The process itself: runtime, registry, metrics, TLS configuration.
     pub const PROCESS: u64 = 20 << 20;
-    /// An HTTP/1 connection whose client stopped reading a large response (measured: 47 to 56 KiB).
-    pub const H1_STALLED: u64 = 56 << 10;
     /// An HTTP/1 connection reading a request head (hyper's connection state and 8 KiB write
     /// buffer, the task), before its read buffer. Between requests a keep-alive connection
     /// holds none of it (`edge::server::serve_h1_plain`: about 2 KiB measured).
     pub const H1_BASE: u64 = 16 << 10;
     /// HTTP/2 streams per connection (`server::H2_MAX_STREAMS`).
     pub const H2_STREAMS: u64 = 64;
-    /// One stalled HTTP/2 stream with its upstream connection (measured: about 87 KiB).
-    pub const H2_STREAM: u64 = 88 << 10;
     /// What an HTTP/2 client may upload ahead on one connection (`server::H2_CONNECTION_WINDOW`).
     pub const H2_RECEIVE_WINDOW: u64 = 1 << 20;
+
+    /// An HTTP/1 connection whose client stopped reading a large response, with reads of
+    /// `read` bytes from its upstream: 48 KiB + 3 reads, a bound over what `tests/memory.rs`
+    /// measured (200 clients): 47 to 56 KiB with 4 KiB reads, 70 to 74 KiB with 16 KiB, 119 to
+    /// 135 KiB with 32 KiB. A stalled response keeps its last read, hyper's read buffer (which
+    /// grows to hold a read) and the client side's buffers.
+    pub fn h1_stalled(read: usize) -> u64 {
+        (48 << 10) + 3 * read as u64
+    }
+
+    /// One stalled HTTP/2 stream with its upstream connection: 104 KiB + 2 reads, over what
+    /// `tests/memory.rs` measured (64 streams): about 87 KiB with 4 KiB reads, 97 to 103 KiB
+    /// with 16 KiB, 141 to 162 KiB with 32 KiB.
+    pub fn h2_stream(read: usize) -> u64 {
+        (104 << 10) + 2 * read as u64
+    }
 }
 
 impl Limits {
@@ -179,9 +196,12 @@ impl Limits {
     /// an HTTP/2 connection with every stream stalled.
     pub fn worst_case_per_connection(&self, h2: bool) -> u64 {
         let head = memory::H1_BASE + self.max_header_bytes as u64;
-        let h1 = memory::H1_STALLED.max(head);
+        let h1 = memory::h1_stalled(self.upstream_read_size).max(head);
         if h2 {
-            h1.max(memory::H2_STREAMS * memory::H2_STREAM + memory::H2_RECEIVE_WINDOW)
+            h1.max(
+                memory::H2_STREAMS * memory::h2_stream(self.upstream_read_size)
+                    + memory::H2_RECEIVE_WINDOW,
+            )
         } else {
             h1
         }
@@ -205,9 +225,16 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(30),
             memory_budget: 256 << 20,
             max_purge_headers: DEFAULT_PURGE_HEADERS,
+            upstream_read_size: DEFAULT_UPSTREAM_READ,
         }
     }
 }
+
+/// Default of `[limits] upstream_read_size`: as much as nginx reads at once with its default
+/// `proxy_buffers` (8 x 4 KiB).
+pub const DEFAULT_UPSTREAM_READ: usize = 32 << 10;
+/// Smallest and largest `upstream_read_size` accepted.
+pub const UPSTREAM_READ_RANGE: std::ops::RangeInclusive<u64> = (4 << 10)..=(64 << 10);
 
 /// Default of `[registry] poll_interval`.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
@@ -498,6 +525,15 @@ pub fn parse_gateway(path: &Path, text: &str) -> Result<GatewayConfig, ConfigErr
             Ok(n) if n >= 16 << 20 => limits.memory_budget = n,
             Ok(_) => errors.push(src.error(v.span(), "limits.memory_budget: at least 16MiB")),
             Err(e) => errors.push(src.error(v.span(), format!("limits.memory_budget: {e}"))),
+        }
+    }
+    if let Some(v) = &l.upstream_read_size {
+        match parse_size(v.get_ref()) {
+            Ok(n) if UPSTREAM_READ_RANGE.contains(&n) => limits.upstream_read_size = n as usize,
+            Ok(_) => {
+                errors.push(src.error(v.span(), "limits.upstream_read_size: must be 4KiB to 64KiB"))
+            }
+            Err(e) => errors.push(src.error(v.span(), format!("limits.upstream_read_size: {e}"))),
         }
     }
     if let Some(v) = &l.max_connections {

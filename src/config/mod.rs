@@ -319,6 +319,10 @@ mod tests {
                 "config/gateway.toml:4:21: limits.max_purge_headers: must be 1 to 1024",
             ),
             (
+                "[listen]\nhttp = \"127.0.0.1:1\"\n[limits]\nupstream_read_size = \"1KiB\"\n",
+                "config/gateway.toml:4:22: limits.upstream_read_size: must be 4KiB to 64KiB",
+            ),
+            (
                 "[listen]\nhttp = \"127.0.0.1:1\"\n[proxy]\ntrusted_proxies = [\"10/8\"]\n",
                 "config/gateway.toml:4:20: proxy.trusted_proxies[0]:",
             ),
@@ -388,6 +392,7 @@ mod tests {
         assert_eq!(g.limits.idle_timeout, Duration::from_secs(45));
         assert_eq!(g.limits.max_connections, 10_000);
         assert_eq!(g.limits.max_purge_headers, 64);
+        assert_eq!(g.limits.upstream_read_size, 32 << 10);
         assert_eq!(g.audit, None);
     }
 

@@ -279,18 +279,29 @@ pub(crate) fn without_conflicting_length<B>(mut resp: Response<B>) -> Response<B
     resp
 }
 
-/// Largest single read from an upstream connection. hyper's client reads as much as its read
-/// buffer holds (growing it up to [`MAX_RESPONSE_HEAD`] on a fast body) and hands each read on
-/// as one body frame, which keeps its whole allocation alive while a stalled client has not
-/// taken it; a stalled response holds about four such buffers. Reads of at most 4 KiB (a page,
-/// nginx's default `proxy_buffer_size`) keep that small: measured, a client that stops reading
-/// a large response costs 47 KiB of resident memory (95 KiB with 16 KiB reads, 190 KiB
-/// before). A response head still accumulates over several reads up to its own limit.
-pub const UPSTREAM_READ_CHUNK: usize = 4 * 1024;
+/// Largest `[limits] upstream_read_size`: the size of the per-thread scratch chunk.
+const MAX_UPSTREAM_READ: usize = 64 * 1024;
 
-/// The plain TCP connector with reads capped at [`UPSTREAM_READ_CHUNK`] (TLS sits above it).
+/// The plain TCP connector with reads capped at `[limits] upstream_read_size` (TLS sits above
+/// it). hyper's client reads as much as its read buffer holds (growing it up to the response
+/// head limit on a fast body) and hands each read on as one body frame, which keeps its
+/// allocation alive until the client has taken it: the cap bounds what a stalled response holds
+/// (docs/configuration.md, "Memory per connection"). Small reads cost system calls: a 1 MiB body
+/// read 4 KiB at a time took 3.5 times the CPU it takes with 32 KiB reads (BENCHMARKS.md).
 #[derive(Clone)]
-pub struct CappedConnector(HttpConnector);
+pub struct CappedConnector {
+    http: HttpConnector,
+    read: usize,
+}
+
+impl CappedConnector {
+    pub fn new(http: HttpConnector, read: usize) -> Self {
+        CappedConnector {
+            http,
+            read: read.clamp(1, MAX_UPSTREAM_READ),
+        }
+    }
+}
 
 type ConnectFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<TokioIo<CappedTcp>, BoxError>> + Send>,
@@ -306,14 +317,18 @@ impl tower_service::Service<http::Uri> for CappedConnector {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx).map_err(Into::into)
+        self.http.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
+        let connecting = self.http.call(uri);
+        let read = self.read;
         Box::pin(async move {
             let io = connecting.await?;
-            Ok(TokioIo::new(CappedTcp(io.into_inner())))
+            Ok(TokioIo::new(CappedTcp {
+                io: io.into_inner(),
+                read,
+            }))
         })
     }
 }
@@ -321,47 +336,50 @@ impl tower_service::Service<http::Uri> for CappedConnector {
 thread_local! {
     /// Where [`CappedTcp`] reads (see its `poll_read`).
     static SCRATCH: std::cell::RefCell<Box<[u8]>> =
-        std::cell::RefCell::new(vec![0; UPSTREAM_READ_CHUNK].into_boxed_slice());
+        std::cell::RefCell::new(vec![0; MAX_UPSTREAM_READ].into_boxed_slice());
 }
 
-/// A TCP stream whose reads return at most [`UPSTREAM_READ_CHUNK`] bytes.
-pub struct CappedTcp(tokio::net::TcpStream);
+/// A TCP stream whose reads return at most `read` bytes.
+pub struct CappedTcp {
+    io: tokio::net::TcpStream,
+    read: usize,
+}
 
 impl CappedTcp {
     pub fn get_ref(&self) -> &tokio::net::TcpStream {
-        &self.0
+        &self.io
     }
 }
 
 impl hyper_util::client::legacy::connect::Connection for CappedTcp {
     fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
-        self.0.connected()
+        self.io.connected()
     }
 }
 
 impl tokio::io::AsyncRead for CappedTcp {
     fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        if buf.remaining() <= UPSTREAM_READ_CHUNK {
-            return std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        let this = self.get_mut();
+        if buf.remaining() <= this.read {
+            return std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
         }
         // Through the thread's scratch chunk, copied into hyper's buffer: bounding a read to a
         // part of hyper's (uninitialized) buffer would mean zeroing that part first, on every
         // read, those that find nothing to read included.
         SCRATCH.with(|scratch| {
             let Ok(mut scratch) = scratch.try_borrow_mut() else {
-                let mut part =
-                    tokio::io::ReadBuf::new(buf.initialize_unfilled_to(UPSTREAM_READ_CHUNK));
-                std::task::ready!(std::pin::Pin::new(&mut self.0).poll_read(cx, &mut part))?;
+                let mut part = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(this.read));
+                std::task::ready!(std::pin::Pin::new(&mut this.io).poll_read(cx, &mut part))?;
                 let n = part.filled().len();
                 buf.advance(n);
                 return std::task::Poll::Ready(Ok(()));
             };
-            let mut part = tokio::io::ReadBuf::new(&mut scratch[..]);
-            std::task::ready!(std::pin::Pin::new(&mut self.0).poll_read(cx, &mut part))?;
+            let mut part = tokio::io::ReadBuf::new(&mut scratch[..this.read]);
+            std::task::ready!(std::pin::Pin::new(&mut this.io).poll_read(cx, &mut part))?;
             buf.put_slice(part.filled());
             std::task::Poll::Ready(Ok(()))
         })
@@ -374,7 +392,7 @@ impl tokio::io::AsyncWrite for CappedTcp {
         cx: &mut std::task::Context<'_>,
         b: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, b)
+        std::pin::Pin::new(&mut self.io).poll_write(cx, b)
     }
 
     fn poll_write_vectored(
@@ -382,25 +400,25 @@ impl tokio::io::AsyncWrite for CappedTcp {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -508,7 +526,7 @@ impl Upstreams {
         let max_head = MAX_RESPONSE_HEAD.max(self.limits.max_header_bytes);
         let own = plain.then(|| {
             Arc::new(H1Pool::new(
-                CappedConnector(http.clone()),
+                CappedConnector::new(http.clone(), self.limits.upstream_read_size),
                 max_head,
                 MAX_IDLE_PER_UPSTREAM,
                 self.limits.idle_timeout,
@@ -516,7 +534,7 @@ impl Upstreams {
         });
         let connector = builder
             .enable_all_versions()
-            .wrap_connector(CappedConnector(http));
+            .wrap_connector(CappedConnector::new(http, self.limits.upstream_read_size));
         let inner = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
