@@ -155,6 +155,39 @@ mod tests {
 
     const NOW: i64 = 1_779_000_000; // 2026-05-17
 
+    /// The proxy records the filter's parse (`SetCookie::name`, `SetCookie::attributes`) in
+    /// place of [`split`]: both must cut every header value the same way.
+    #[test]
+    fn split_agrees_with_the_filters_parse() {
+        let cases: [&[u8]; 16] = [
+            b"",
+            b";",
+            b"a",
+            b"a=1",
+            b"a=1;",
+            b"a=1; Path=/",
+            b" a =1 ; Secure;HttpOnly",
+            b"=v; Domain=x",
+            b"novalue; Path=/",
+            b"a=b=c; Max-Age=0",
+            b";a=1",
+            b"\tn\t=v;;; ;",
+            b"n=v\xff; x=\xfe",
+            b"a; b=c",
+            b"__Host-x=1; Path=/; Secure",
+            b"  ;  ",
+        ];
+        for h in cases {
+            let sc = crate::policy::set_cookie::SetCookie::parse(h, NOW);
+            assert_eq!(
+                split(h),
+                (sc.name, sc.attributes),
+                "{:?}",
+                String::from_utf8_lossy(h)
+            );
+        }
+    }
+
     #[test]
     fn attributes_are_read_as_a_browser_reads_them() {
         let a = read(

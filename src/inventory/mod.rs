@@ -550,10 +550,16 @@ impl Recorder<'_> {
     }
 
     /// One upstream `Set-Cookie` header: its name and attributes. Every header of the response,
-    /// in order, before the filter runs (its verdicts come back in the same order).
+    /// in order, each before its verdict ([`Recorder::verdict`]).
     pub fn set_cookie(&mut self, header: &[u8]) {
-        let now = self.now;
         let (name, attrs) = attributes::split(header);
+        self.set_cookie_parts(name, attrs);
+    }
+
+    /// [`Recorder::set_cookie`] for a header already split as [`attributes::split`] splits it
+    /// (the filter's [`crate::policy::set_cookie::SetCookie`] carries both parts).
+    pub fn set_cookie_parts(&mut self, name: &[u8], attrs: &[u8]) {
+        let now = self.now;
         let pos = self.set_cookies;
         self.set_cookies += 1;
         self.with_stats(name, Order::Response, pos, |s| s.set_cookie(attrs, now));

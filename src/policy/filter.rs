@@ -86,6 +86,10 @@ fn consent_in_effect<'c>(
     (consent, ignored)
 }
 
+/// Room for this many parsed `Set-Cookie` headers is made at once (more grow the vector).
+/// A `SetCookie` is 72 bytes.
+const PARSED_CAPACITY: usize = 16;
+
 /// Filters the `Set-Cookie` headers of an upstream response in place. `observe` sees every
 /// header with its decision, in order (for metrics, logs and `explain`). `url` is the request's
 /// (rule 4 judges the upstream's consent cookie by it).
@@ -144,11 +148,14 @@ pub fn filter_response<'p, 's>(
         return (summary, Vec::new(), None);
     }
     let (changed, verdicts, set_by_upstream) = {
-        let parsed: Vec<SetCookie<'_>> = headers
-            .get_all(SET_COOKIE)
-            .iter()
-            .map(|v| SetCookie::parse(v.as_bytes(), now))
-            .collect();
+        // Sized once: the values' iterator does not know its length, and growing the vector
+        // 1, 4, 8 cost more than the room for a typical response's headers.
+        let values = headers.get_all(SET_COOKIE);
+        let mut parsed: Vec<SetCookie<'_>> = match values.iter().next() {
+            Some(_) => Vec::with_capacity(PARSED_CAPACITY),
+            None => Vec::new(),
+        };
+        parsed.extend(values.iter().map(|v| SetCookie::parse(v.as_bytes(), now)));
         // `Some` only when the upstream's own consent cookie changes the consent.
         let (effective, not_held) = consent_in_effect(policy, request_consent, &parsed, url);
         summary.consent_not_held = not_held;
@@ -157,19 +164,29 @@ pub fn filter_response<'p, 's>(
             Cow::Owned(c) => Some(c),
         };
         let effective = changed.as_ref().unwrap_or(request_consent);
-        let verdicts: Vec<Verdict> = parsed
-            .iter()
-            .map(|sc| {
-                let d = decide(policy, effective, sc);
-                observe(sc, &d);
-                match d.verdict {
-                    Verdict::Keep => summary.kept += 1,
-                    Verdict::Drop => summary.dropped += 1,
-                    Verdict::WouldDrop => summary.would_drop += 1,
-                }
-                d.verdict
-            })
-            .collect();
+        // The verdicts are only kept when something is dropped (the headers are then rebuilt)
+        // or when a browser cookie may be purged (a header that reaches the browser spares it).
+        let keep_verdicts = !side.candidates.is_empty();
+        let mut verdicts: Vec<Verdict> = Vec::new();
+        let mut keeping = false;
+        for (i, sc) in parsed.iter().enumerate() {
+            let d = decide(policy, effective, sc);
+            observe(sc, &d);
+            match d.verdict {
+                Verdict::Keep => summary.kept += 1,
+                Verdict::Drop => summary.dropped += 1,
+                Verdict::WouldDrop => summary.would_drop += 1,
+            }
+            if !keeping && (d.verdict == Verdict::Drop || keep_verdicts) {
+                // The first verdict worth keeping: the ones before it were not drops.
+                keeping = true;
+                verdicts.reserve_exact(parsed.len());
+                verdicts.resize(i, Verdict::Keep);
+            }
+            if keeping {
+                verdicts.push(d.verdict);
+            }
+        }
         // Which candidates the upstream sets itself in a header that reaches the browser. A
         // header the filter drops sets nothing, so it must not spare the old cookie its purge
         // (else an origin re-sending a refused tracker on every page would keep it alive).
@@ -186,13 +203,22 @@ pub fn filter_response<'p, 's>(
         (changed, verdicts, set_by_upstream)
     };
     if summary.dropped > 0 {
-        let values: Vec<HeaderValue> = match headers.entry(SET_COOKIE) {
-            http::header::Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
-            http::header::Entry::Vacant(_) => Vec::new(),
-        };
-        for (value, verdict) in values.into_iter().zip(verdicts) {
-            if verdict != Verdict::Drop {
-                headers.append(SET_COOKIE, value);
+        // The kept values go back in their order, through one entry (one hash for all).
+        if let http::header::Entry::Occupied(e) = headers.entry(SET_COOKIE) {
+            let (_, values) = e.remove_entry_mult();
+            let mut kept = values
+                .zip(verdicts)
+                .filter(|(_, verdict)| *verdict != Verdict::Drop)
+                .map(|(value, _)| value)
+                .collect::<Vec<HeaderValue>>()
+                .into_iter();
+            if let Some(first) = kept.next() {
+                if let http::header::Entry::Vacant(e) = headers.entry(SET_COOKIE) {
+                    let mut entry = e.insert_entry(first);
+                    for value in kept {
+                        entry.append(value);
+                    }
+                }
             }
         }
     }

@@ -13,6 +13,8 @@ pub struct SetCookie<'a> {
     pub name: &'a [u8],
     /// The value, trimmed (the consent cookie's value is decoded from it).
     pub value: &'a [u8],
+    /// The bytes after the first `;` (empty when there is none): the attributes, unread.
+    pub attributes: &'a [u8],
     /// `Max-Age` <= 0, or (without a valid `Max-Age`) an `Expires` at or before `now`.
     pub is_deletion: bool,
     /// The last `Domain` attribute with a non-empty value (RFC 6265bis §5.6.3), as written:
@@ -53,10 +55,25 @@ impl<'a> SetCookie<'a> {
         let mut path = None;
         let mut has_path_attribute = false;
         let mut secure = false;
-        for av in attrs.split(|&b| b == b';') {
-            let (k, v) = split_once(av, b'=').unwrap_or((av, &[]));
-            let k = trim(k);
-            let v = trim(v);
+        // One pass over each attribute finds both its `=` and the `;` that ends it.
+        let mut rest = (attrs.len() < header.len()).then_some(attrs);
+        while let Some(s) = rest {
+            let (mut eq, mut end) = (None, s.len());
+            for (i, &b) in s.iter().enumerate() {
+                if b == b';' {
+                    end = i;
+                    break;
+                }
+                if b == b'=' && eq.is_none() {
+                    eq = Some(i);
+                }
+            }
+            rest = s.get(end + 1..);
+            let av = &s[..end];
+            let (k, v) = match eq {
+                Some(at) => (trim(&av[..at]), trim(&av[at + 1..])),
+                None => (trim(av), &[][..]),
+            };
             if v.len() > MAX_ATTRIBUTE_VALUE {
                 continue;
             }
@@ -83,6 +100,7 @@ impl<'a> SetCookie<'a> {
         SetCookie {
             name,
             value,
+            attributes: attrs,
             is_deletion,
             domain,
             path,

@@ -298,30 +298,32 @@ fn ip_header_value(ip: IpAddr) -> Option<HeaderValue> {
 /// `trailers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of these but `Connection`: one pass over the names (standard
-    // names compare as small integers) instead of a hash lookup per name.
-    let (mut connection, mut fixed, mut has_te) = (false, false, false);
+    // names compare as small integers) instead of a hash lookup per name; only the names
+    // present are removed afterwards.
+    let (mut present, mut has_te) = (0u8, false);
     for name in headers.keys() {
-        if name == header::CONNECTION {
-            connection = true;
-        } else if name == header::TE {
+        if name == header::TE {
             has_te = true;
-        } else if HOP_BY_HOP.contains(name) {
-            fixed = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
         }
     }
-    if connection {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    if present & 1 != 0 {
+        // The names `Connection` lists. Its values share the message's bytes (a clone is a
+        // reference count); a name is looked up from its text without building a `HeaderName`.
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        let rest: Vec<HeaderValue> = values.cloned().collect();
+        for value in first.iter().chain(&rest) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                if let Ok(name) = std::str::from_utf8(token.trim_ascii()) {
+                    headers.remove(name);
+                }
+            }
         }
     }
-    if connection || fixed {
-        for name in &HOP_BY_HOP {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
             headers.remove(name);
         }
     }

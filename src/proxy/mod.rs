@@ -560,16 +560,12 @@ impl Proxy {
     ) -> Filtered<'s> {
         let metrics = &self.metrics;
         let mut groups: Vec<((&str, &'static str), u64)> = Vec::with_capacity(4);
-        // The inventory sees every upstream Set-Cookie (attributes first, then each verdict).
+        // The inventory sees every upstream Set-Cookie (its attributes, then its verdict), as
+        // the filter parsed it: the name and the attributes are not looked for twice.
         let mut inventory = self
             .inventory
             .as_ref()
             .map(|s| s.recorder(policy, exchange.now));
-        if let Some(rec) = inventory.as_mut() {
-            for v in headers.get_all(header::SET_COOKIE) {
-                rec.set_cookie(v.as_bytes());
-            }
-        }
         let no_consent = consent.source == crate::policy::consent::Source::Missing;
         // The audit record being built (one buffer): the filter's decisions go in as they come.
         let mut audit_draft = audit.then(crate::audit::ResponseDraft::new);
@@ -591,6 +587,7 @@ impl Proxy {
                     None => groups.push((key, 1)),
                 }
                 if let Some(rec) = inventory.as_mut() {
+                    rec.set_cookie_parts(sc.name, sc.attributes);
                     rec.verdict(sc.name, d.verdict, no_consent);
                 }
                 match d.verdict {

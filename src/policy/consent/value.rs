@@ -2,6 +2,7 @@
 //! work, and how a cookie value is unquoted and percent-decoded before it is read.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// A consent cookie value longer than this (in bytes, as sent) grants nothing (SPEC, Consent).
 pub const MAX_VALUE_BYTES: usize = 8192;
@@ -12,9 +13,13 @@ pub const MAX_VALUE_BYTES: usize = 8192;
 pub const MAX_KEYS: usize = 1024;
 
 /// The consent keys a visitor granted. Invariant: sorted and without duplicates.
+///
+/// Shared, so that a clone (the per-thread memo of decoded values hands out one per request,
+/// see [`super::Format::decode`]) allocates nothing. `None`: nothing granted (never an empty
+/// slice, so that equality stays equality of the keys).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Granted {
-    keys: Vec<Box<str>>,
+    keys: Option<Arc<[Box<str>]>>,
 }
 
 impl Granted {
@@ -31,19 +36,25 @@ impl Granted {
         let mut keys: Vec<Box<str>> = keys.into_iter().map(Into::into).collect();
         keys.sort_unstable();
         keys.dedup();
-        Granted { keys }
+        Granted {
+            keys: (!keys.is_empty()).then(|| Arc::from(keys)),
+        }
+    }
+
+    fn slice(&self) -> &[Box<str>] {
+        self.keys.as_deref().unwrap_or(&[])
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.keys.binary_search_by(|k| (**k).cmp(key)).is_ok()
+        self.slice().binary_search_by(|k| (**k).cmp(key)).is_ok()
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.keys.iter().map(|k| &**k)
+        self.slice().iter().map(|k| &**k)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.is_none()
     }
 }
 
