@@ -15,7 +15,8 @@ use super::record::{ConsentFacts, ReloadFacts, ResponseFacts, Stamp, FORMAT};
 use crate::policy::consent::{Consent, ConsentSpec};
 
 // Tags of the fields. Numbers take 8 bytes (little-endian); strings a 4-byte length, then their
-// bytes (always UTF-8: they come from `&str` or through `String::from_utf8_lossy`).
+// bytes: UTF-8 (from a `&str`), except cookie names, which go in as sent and are made UTF-8 by the
+// writer ([`put_str`]).
 const TIME: u8 = 1;
 const HOST: u8 = 2;
 const GENERATION: u8 = 3;
@@ -40,10 +41,33 @@ fn is_number(tag: u8) -> bool {
     matches!(tag, TIME | GENERATION | PRESENT | GPC | STATUS)
 }
 
-/// A `response` record being built on the request path: one buffer, filled in any order.
+/// A `response` record being built on the request path: one buffer, filled in any order (the
+/// proxy writes each list's items one after the other, which the writer reads fastest).
 #[derive(Debug, Clone, Default)]
 pub struct ResponseDraft {
     buf: Vec<u8>,
+}
+
+/// Bytes a draft starts with room for: a record of the bench's `/` (7 `Set-Cookie` headers)
+/// takes about 620.
+const DRAFT_BYTES: usize = 1024;
+
+thread_local! {
+    /// The buffer of the last draft dropped on this thread, for the next one: a draft lives
+    /// from the response's filter to its hand-off to the queue (no `.await` in between), so
+    /// each worker thread needs one, and requests allocate none.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Drop for ResponseDraft {
+    fn drop(&mut self) {
+        if self.buf.capacity() == DRAFT_BYTES {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            // (Fails only while the thread exits: the buffer is freed instead.)
+            let _ = SPARE.try_with(|spare| spare.set(buf));
+        }
+    }
 }
 
 /// The request's and the policy's facts of a `response` record.
@@ -66,9 +90,12 @@ pub struct ResponseHead<'a> {
 impl ResponseDraft {
     /// An empty draft, with room for a typical record.
     pub fn new() -> Self {
-        ResponseDraft {
-            buf: Vec::with_capacity(384),
-        }
+        let spare = SPARE.try_with(std::cell::Cell::take).unwrap_or_default();
+        let buf = match spare.capacity() {
+            0 => Vec::with_capacity(DRAFT_BYTES),
+            _ => spare,
+        };
+        ResponseDraft { buf }
     }
 
     fn num(&mut self, tag: u8, n: u64) {
@@ -132,24 +159,24 @@ impl ResponseDraft {
         self.str(SOURCE, f.source.as_bytes());
     }
 
-    /// One upstream `Set-Cookie` and what was done with it (invalid UTF-8 in the name replaced
-    /// by U+FFFD). Call in header order.
+    /// One upstream `Set-Cookie` and what was done with it. Call in header order. The name goes
+    /// in as sent: the record has it with invalid UTF-8 replaced by U+FFFD.
     pub fn set_cookie(&mut self, name: &[u8], category: &str, verdict: &str, reason: &str) {
         self.buf.push(COOKIE);
-        self.put(String::from_utf8_lossy(name).as_bytes());
+        self.put(name);
         self.put(category.as_bytes());
         self.put(verdict.as_bytes());
         self.put(reason.as_bytes());
     }
 
-    /// A browser cookie removed from the request.
+    /// A browser cookie removed from the request (its name as for [`Self::set_cookie`]).
     pub fn stripped(&mut self, name: &[u8]) {
-        self.str(STRIPPED, String::from_utf8_lossy(name).as_bytes());
+        self.str(STRIPPED, name);
     }
 
-    /// A browser cookie a deletion was added for.
+    /// A browser cookie a deletion was added for (its name as for [`Self::set_cookie`]).
     pub fn purged(&mut self, name: &[u8]) {
-        self.str(PURGED, String::from_utf8_lossy(name).as_bytes());
+        self.str(PURGED, name);
     }
 
     /// The encoded facts.
@@ -197,7 +224,7 @@ pub fn encode_reload(r: &ReloadFacts, out: &mut Vec<u8>) {
     if let Some(e) = &r.error {
         d.str(ERROR, e.as_bytes());
     }
-    *out = d.buf;
+    *out = std::mem::take(&mut d.buf);
 }
 
 /// Reads back what [`encode_reload`] wrote.
@@ -323,17 +350,59 @@ pub fn put_u64(out: &mut Vec<u8>, mut n: u64) {
 
 /// A JSON string, escaped as serde_json escapes it: `"`, `\` and the control characters below
 /// U+0020 (`\b \t \n \f \r` by name, the others as `\u00XX` in lowercase hex); everything else,
-/// U+007F and non-ASCII included, as is. `s` is UTF-8.
+/// U+007F and non-ASCII included, as is. `s` is UTF-8, or a cookie name as sent: invalid UTF-8 is
+/// replaced by U+FFFD, as `String::from_utf8_lossy` does.
 pub fn put_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.push(b'"');
-    // Most strings need no escape: one pass without early exit (vectorized), one copy.
-    if !s.iter().fold(false, |any, &b| {
-        any | (b < 0x20) | (b == b'"') | (b == b'\\')
-    }) {
+    if is_plain(s) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
         out.extend_from_slice(s);
         out.push(b'"');
-        return;
+    } else {
+        put_escaped(out, String::from_utf8_lossy(s).as_bytes());
     }
+}
+
+/// Bytes that go into a JSON string as they are and are UTF-8 on their own: printable ASCII but
+/// `"` and `\`.
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x20;
+    while b < 0x80 {
+        t[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    t
+};
+
+/// Whether every byte of `s` is [`PLAIN`]: the common case, checked eight bytes at a time.
+fn is_plain(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+    let mut words = s.chunks_exact(8);
+    for word in &mut words {
+        // (Always 8 bytes; a 0 would only send `s` the slow way.)
+        let x = <[u8; 8]>::try_from(word).map_or(0, u64::from_le_bytes);
+        // `(v - n * ONES) & !v` has a byte's high bit set if and only if some byte of `v` is
+        // below `n` (for n <= 0x80; which byte may be off, whether any is is exact): bytes
+        // below 0x20, bytes equal to `"` or `\` (zero after the xor), and x's own high bits
+        // for non-ASCII.
+        let quote = x ^ (ONES * u64::from(b'"'));
+        let backslash = x ^ (ONES * u64::from(b'\\'));
+        let odd = x
+            | (x.wrapping_sub(ONES * 0x20) & !x)
+            | (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash);
+        if odd & HIGH != 0 {
+            return false;
+        }
+    }
+    words.remainder().iter().all(|&b| PLAIN[usize::from(b)])
+}
+
+/// [`put_str`] of UTF-8 that needs escaping.
+fn put_escaped(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
     let mut from = 0;
     for (i, &b) in s.iter().enumerate() {
         let esc: &[u8] = match b {
@@ -383,42 +452,41 @@ fn put_start(out: &mut Vec<u8>, stamp: Stamp<'_>, time: &mut TimeText, ms: i64, 
 /// Appends the canonical serialization of an encoded `response` record to `out`: the same bytes
 /// as [`super::record::canonical_event`] of the [`ResponseFacts`] it was made from.
 pub fn canonical_response(stamp: Stamp<'_>, draft: &[u8], time: &mut TimeText, out: &mut Vec<u8>) {
-    let f = Scalars::of(draft);
-    let time_ms = f.time_ms;
-    let (host, generation, digest, mode) = (f.host, f.generation, f.registry_digest, f.mode);
-    let (present, consent_digest, gpc, source) = (f.present, f.consent_digest, f.gpc, f.source);
-    let (method, path, status) = (f.method, f.path, f.status);
-    put_start(out, stamp, time, time_ms, "response");
+    let f = Fields::of(draft);
+    // Room for the record, so that the pushes below never grow `out`: the draft's strings, at
+    // most six bytes each escaped, and their keys (a generous bound; more only costs a grow).
+    out.reserve(draft.len() * 6 + 512);
+    put_start(out, stamp, time, f.time_ms, "response");
     out.extend_from_slice(b",\"host\":");
-    put_str(out, host);
+    put_str(out, f.host);
     out.extend_from_slice(b",\"generation\":");
-    put_u64(out, generation);
+    put_u64(out, f.generation);
     out.extend_from_slice(b",\"registry_digest\":");
-    put_str(out, digest);
+    put_str(out, f.registry_digest);
     out.extend_from_slice(b",\"mode\":");
-    put_str(out, mode);
+    put_str(out, f.mode);
     out.extend_from_slice(b",\"consent\":{\"present\":");
-    put_bool(out, present);
+    put_bool(out, f.present);
     out.extend_from_slice(b",\"digest\":");
-    match consent_digest {
+    match f.consent_digest {
         Some(d) => put_str(out, d),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"granted\":");
-    put_list(out, draft, GRANTED);
+    put_list(out, f.granted, GRANTED);
     out.extend_from_slice(b",\"gpc\":");
-    put_bool(out, gpc);
+    put_bool(out, f.gpc);
     out.extend_from_slice(b",\"source\":");
-    put_str(out, source);
+    put_str(out, f.source);
     out.extend_from_slice(b"},\"method\":");
-    put_str(out, method);
+    put_str(out, f.method);
     out.extend_from_slice(b",\"path\":");
-    put_str(out, path);
+    put_str(out, f.path);
     out.extend_from_slice(b",\"status\":");
-    put_u64(out, status);
+    put_u64(out, f.status);
     out.extend_from_slice(b",\"set_cookies\":[");
     let mut first = true;
-    for (tag, v) in Items(draft) {
+    for (tag, v) in Items(f.set_cookies) {
         if let (COOKIE, Value::Cookie([name, category, verdict, reason])) = (tag, v) {
             if !first {
                 out.push(b',');
@@ -436,15 +504,17 @@ pub fn canonical_response(stamp: Stamp<'_>, draft: &[u8], time: &mut TimeText, o
         }
     }
     out.extend_from_slice(b"],\"stripped\":");
-    put_list(out, draft, STRIPPED);
+    put_list(out, f.stripped, STRIPPED);
     out.extend_from_slice(b",\"purged\":");
-    put_list(out, draft, PURGED);
+    put_list(out, f.purged, PURGED);
     out.push(b'}');
 }
 
-/// The single-valued fields of an encoded `response` record.
+/// The fields of an encoded `response` record, read in one pass: the single-valued ones, and
+/// each list as the part of the draft from its first item to its last (items of other tags in
+/// between, which the proxy does not write, are skipped when the list is written).
 #[derive(Debug, Default)]
-struct Scalars<'a> {
+struct Fields<'a> {
     time_ms: i64,
     host: &'a [u8],
     generation: u64,
@@ -452,17 +522,26 @@ struct Scalars<'a> {
     mode: &'a [u8],
     present: bool,
     consent_digest: Option<&'a [u8]>,
+    granted: &'a [u8],
     gpc: bool,
     source: &'a [u8],
     method: &'a [u8],
     path: &'a [u8],
     status: u64,
+    set_cookies: &'a [u8],
+    stripped: &'a [u8],
+    purged: &'a [u8],
 }
 
-impl<'a> Scalars<'a> {
+impl<'a> Fields<'a> {
     fn of(draft: &'a [u8]) -> Self {
-        let mut f = Scalars::default();
-        for (tag, v) in Items(draft) {
+        let mut f = Fields::default();
+        // Each list's part of `draft` (0..0 until its first item).
+        let (mut granted, mut set_cookies, mut stripped, mut purged) = (0..0, 0..0, 0..0, 0..0);
+        let mut items = Items(draft);
+        loop {
+            let at = draft.len() - items.0.len();
+            let Some((tag, v)) = items.next() else { break };
             match (tag, v) {
                 (TIME, Value::Num(n)) => f.time_ms = n as i64,
                 (HOST, Value::Str(s)) => f.host = s,
@@ -476,18 +555,36 @@ impl<'a> Scalars<'a> {
                 (METHOD, Value::Str(s)) => f.method = s,
                 (PATH, Value::Str(s)) => f.path = s,
                 (STATUS, Value::Num(n)) => f.status = n,
+                (GRANTED | COOKIE | STRIPPED | PURGED, _) => {
+                    let list = match tag {
+                        GRANTED => &mut granted,
+                        COOKIE => &mut set_cookies,
+                        STRIPPED => &mut stripped,
+                        _ => &mut purged,
+                    };
+                    // (An item takes at least a byte: no list ends at 0.)
+                    if list.end == 0 {
+                        list.start = at;
+                    }
+                    list.end = draft.len() - items.0.len();
+                }
                 _ => {}
             }
         }
+        let part = |r: std::ops::Range<usize>| draft.get(r).unwrap_or_default();
+        f.granted = part(granted);
+        f.set_cookies = part(set_cookies);
+        f.stripped = part(stripped);
+        f.purged = part(purged);
         f
     }
 }
 
-/// `[..]` of the strings tagged `want`, in order.
-fn put_list(out: &mut Vec<u8>, draft: &[u8], want: u8) {
+/// `[..]` of the strings tagged `want` in `items` (encoded items), in order.
+fn put_list(out: &mut Vec<u8>, items: &[u8], want: u8) {
     out.push(b'[');
     let mut first = true;
-    for (tag, v) in Items(draft) {
+    for (tag, v) in Items(items) {
         if let (true, Value::Str(s)) = (tag == want, v) {
             if !first {
                 out.push(b',');
@@ -578,6 +675,68 @@ mod tests {
         none.purged.clear();
         let want = canonical_event(stamp, &Event::Response(Box::new(none.clone())));
         assert_eq!(fast(stamp, &none), want);
+    }
+
+    #[test]
+    fn every_byte_at_every_place_is_written_as_serde_json_writes_it() {
+        // Strings of up to three 8-byte steps and a tail, each byte value at each place: the
+        // fast check for strings that need no escaping never lets one through that does.
+        for len in 1..=20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut s = vec![b'a'; len];
+                    s[at] = b;
+                    let mut out = Vec::new();
+                    put_str(&mut out, &s);
+                    let want = serde_json::to_vec(&String::from_utf8_lossy(&s)).unwrap();
+                    assert_eq!(out, want, "{s:?}");
+                }
+            }
+        }
+        for s in [
+            "é☃\u{10ffff}",
+            "\u{7f}",
+            "abcdefgh\u{80}ijk",
+            "abcdefghijklmnop\"x",
+        ] {
+            let mut out = Vec::new();
+            put_str(&mut out, s.as_bytes());
+            assert_eq!(out, serde_json::to_vec(s).unwrap());
+        }
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_recorded_with_u_fffd() {
+        let stamp = Stamp {
+            seq: 1,
+            time_ms: 1_764_583_200_123,
+            replica: "r",
+        };
+        // Added after the draft's own lists: items of one list among another's are read too.
+        let names: [&[u8]; 4] = [b"a\xffb", b"\xc3", b"ok", b"\xe2\x98\x83\x80\"\x01"];
+        let mut f = facts("x");
+        let mut d = ResponseDraft::from(&f);
+        for n in names {
+            d.set_cookie(n, "c", "kept", "unknown");
+            d.stripped(n);
+            d.purged(n);
+            let name = String::from_utf8_lossy(n).into_owned();
+            f.set_cookies.push(CookieFacts {
+                name: name.clone(),
+                category: "c".into(),
+                verdict: "kept",
+                reason: "unknown",
+            });
+            f.stripped.push(name.clone());
+            f.purged.push(name);
+        }
+        let mut got = Vec::new();
+        canonical_response(stamp, d.bytes(), &mut TimeText::default(), &mut got);
+        let want = canonical_event(stamp, &Event::Response(Box::new(f)));
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            String::from_utf8(want).unwrap()
+        );
     }
 
     #[test]

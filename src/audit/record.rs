@@ -70,10 +70,20 @@ pub fn seal(prev: &str, canonical: &[u8]) -> (String, Vec<u8>) {
 
 /// [`seal`], appending the line to `out`; returns the hash.
 pub fn seal_onto(out: &mut Vec<u8>, prev: &[u8], canonical: &[u8]) -> [u8; HASH_LEN] {
-    let hash = chain_hash_hex(prev, canonical);
-    let body = canonical.strip_suffix(b"}").unwrap_or(canonical);
-    out.reserve(body.len() + SEAL_LEN + 1);
-    out.extend_from_slice(body);
+    let start = out.len();
+    out.reserve(canonical.len() + SEAL_LEN + 1);
+    out.extend_from_slice(canonical);
+    seal_in_place(out, start, prev)
+}
+
+/// [`seal`] of the canonical bytes that end `out` (from `start`), where they are: they become the
+/// line. Returns the hash.
+pub fn seal_in_place(out: &mut Vec<u8>, start: usize, prev: &[u8]) -> [u8; HASH_LEN] {
+    let hash = chain_hash_hex(prev, out.get(start..).unwrap_or_default());
+    if out.len() > start && out.last() == Some(&b'}') {
+        out.pop();
+    }
+    out.reserve(SEAL_LEN + 1);
     out.extend_from_slice(PREV_KEY);
     out.extend_from_slice(prev);
     out.extend_from_slice(HASH_KEY);

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use super::compact::{canonical_response, decode_reload, encode_reload, ResponseDraft, TimeText};
 use super::record::{
-    canonical_event, canonical_loss, canonical_start, hex, seal_onto, sha256_hex, unseal, Event,
-    LossFacts, Stamp, StartFacts, HASH_LEN, SEAL_LEN,
+    canonical_event, canonical_loss, canonical_start, hex, seal_in_place, sha256_hex, unseal,
+    Event, LossFacts, Stamp, StartFacts, HASH_LEN, SEAL_LEN,
 };
 use crate::config::{AuditConfig, AuditPath};
 use crate::metrics::Metrics;
@@ -278,7 +278,6 @@ impl Audit {
             shared: Arc::clone(&shared),
             batch: Batch::default(),
             last_error_log: None,
-            scratch: Vec::new(),
             time: TimeText::default(),
         };
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
@@ -508,8 +507,6 @@ struct Writer {
     shared: Arc<Shared>,
     batch: Batch,
     last_error_log: Option<Instant>,
-    /// The canonical bytes of the record being sealed (reused).
-    scratch: Vec<u8>,
     /// The `time` text of the last second a record was made in.
     time: TimeText,
 }
@@ -632,15 +629,15 @@ impl Writer {
         }
         self.emit_pending();
         let seq = self.next_seq();
-        let mut c = std::mem::take(&mut self.scratch);
-        c.clear();
+        // Serialized straight onto the batch, and sealed there.
+        let start = self.batch.bytes.len();
         if kind == RESPONSE {
             let stamp = Stamp {
                 seq,
                 time_ms: 0,
                 replica: &self.replica,
             };
-            canonical_response(stamp, facts, &mut self.time, &mut c);
+            canonical_response(stamp, facts, &mut self.time, &mut self.batch.bytes);
         } else {
             let reload = decode_reload(facts);
             let stamp = Stamp {
@@ -648,10 +645,10 @@ impl Writer {
                 time_ms: reload.time_ms,
                 replica: &self.replica,
             };
-            c = canonical_event(stamp, &Event::Reload(reload));
+            let c = canonical_event(stamp, &Event::Reload(reload));
+            self.batch.bytes.extend_from_slice(&c);
         }
-        self.append(&c);
-        self.scratch = c;
+        self.seal_last(start);
         self.batch.events += 1;
         if self.batch.bytes.len() >= BATCH_BYTES {
             self.commit();
@@ -716,28 +713,41 @@ impl Writer {
         }
     }
 
-    /// Seals a record onto the batch, rotating first when it would take the file past
-    /// `max_bytes`. Call only when [`Writer::ready`].
+    /// Seals a record onto the batch. Call only when [`Writer::ready`].
     fn append(&mut self, canonical: &[u8]) {
+        let start = self.batch.bytes.len();
+        self.batch.bytes.extend_from_slice(canonical);
+        self.seal_last(start);
+    }
+
+    /// Seals the record whose canonical bytes end the batch (from `start`), rotating first when
+    /// its line would take the file past `max_bytes`. Call only when [`Writer::ready`].
+    fn seal_last(&mut self, mut start: usize) {
         // The line's length is known before it is sealed (the canonical bytes without their `}`,
         // the seal, `\n`), so that it is sealed after the batch before it is written: if that
         // write fails, the line chains to the last record that reached the file.
-        let len = (canonical.len() + SEAL_LEN) as u64;
+        let len = (self.batch.bytes.len() - start + SEAL_LEN) as u64;
         if let Output::File(f) = &self.out {
-            let size = f.len + self.batch.bytes.len() as u64;
+            let size = f.len + start as u64;
             let due = f.rotate_retry_at.map_or(true, |t| Instant::now() >= t);
             if size > 0 && size + len > f.max_bytes && due {
+                let record = self.batch.bytes.split_off(start);
                 self.commit();
                 self.rotate();
+                start = self.batch.bytes.len();
+                self.batch.bytes.extend_from_slice(&record);
             }
         }
         let hash = match (&self.batch.tip, &self.prev) {
             (Some(tip), _) => {
                 let tip = *tip;
-                seal_onto(&mut self.batch.bytes, &tip, canonical)
+                seal_in_place(&mut self.batch.bytes, start, &tip)
             }
-            (None, Some(prev)) => seal_onto(&mut self.batch.bytes, prev.as_bytes(), canonical),
-            (None, None) => return,
+            (None, Some(prev)) => seal_in_place(&mut self.batch.bytes, start, prev.as_bytes()),
+            (None, None) => {
+                self.batch.bytes.truncate(start);
+                return;
+            }
         };
         self.batch.tip = Some(hash);
     }
