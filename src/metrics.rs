@@ -335,18 +335,29 @@ impl CounterCache {
         verdict: &'static str,
         n: u64,
     ) {
+        self.set_cookies(m, host, &[((category, verdict), n)]);
+    }
+
+    /// [`CounterCache::set_cookie`] for each `((category, verdict), n)` of one response: one
+    /// lock and one host lookup for all of them.
+    pub fn set_cookies(&self, m: &Metrics, host: &str, groups: &[((&str, &'static str), u64)]) {
+        if groups.is_empty() {
+            return;
+        }
         self.with_host(host, |h| {
-            let is = |(cat, v): &(String, &str)| cat == category && *v == verdict;
-            cached(&mut h.cookies, is, || {
-                let labels = CookieLabels {
-                    host: host.to_owned(),
-                    category: category.to_owned(),
-                    verdict,
-                };
-                let c = m.set_cookie.get_or_create(&labels).clone();
-                ((category.to_owned(), verdict), c)
-            })
-            .inc_by(n);
+            for &((category, verdict), n) in groups {
+                let is = |(cat, v): &(String, &str)| cat == category && *v == verdict;
+                cached(&mut h.cookies, is, || {
+                    let labels = CookieLabels {
+                        host: host.to_owned(),
+                        category: category.to_owned(),
+                        verdict,
+                    };
+                    let c = m.set_cookie.get_or_create(&labels).clone();
+                    ((category.to_owned(), verdict), c)
+                })
+                .inc_by(n);
+            }
         });
     }
 

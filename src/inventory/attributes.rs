@@ -109,23 +109,7 @@ pub fn cookie_names(header: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// The first `;` in `s`: eight bytes at a time (the classic zero-byte test on the bytes
-/// XOR-ed with `;`), then byte by byte for the tail.
-pub(crate) fn find_semicolon(s: &[u8]) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    const SEMI: u64 = LO * b';' as u64;
-    let mut at = 0;
-    for chunk in s.chunks_exact(8) {
-        let word: [u8; 8] = chunk.try_into().unwrap_or_default();
-        let x = u64::from_le_bytes(word) ^ SEMI;
-        if x.wrapping_sub(LO) & !x & HI != 0 {
-            break;
-        }
-        at += 8;
-    }
-    s[at..].iter().position(|&b| b == b';').map(|i| at + i)
-}
+pub(crate) use crate::policy::request_cookies::find_semicolon;
 
 /// Whether two byte strings are equal (`memcmp`: a byte-by-byte loop measured slower, even on
 /// short names).

@@ -109,6 +109,12 @@ impl fmt::Display for HostPattern {
 /// lower case. Returns `None` for a value that cannot name a host (empty, or bytes that are not
 /// visible ASCII).
 pub fn normalize_host(raw: &[u8]) -> Option<String> {
+    normalized_host(raw).map(std::borrow::Cow::into_owned)
+}
+
+/// [`normalize_host`], borrowing the header's bytes unless a letter must be lowered (a Host
+/// with a port, `127.0.0.1:8080`, is looked up without an allocation).
+pub fn normalized_host(raw: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     let raw = std::str::from_utf8(raw).ok()?.trim();
     if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_graphic()) {
         return None;
@@ -132,7 +138,11 @@ pub fn normalize_host(raw: &[u8]) -> Option<String> {
     if host.is_empty() {
         return None;
     }
-    Some(host.to_ascii_lowercase())
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    })
 }
 
 /// Host lookup table. Invariant: `wildcards` is sorted by suffix length, longest first, so the
@@ -192,7 +202,7 @@ impl<T> HostTable<T> {
                 return Some(v);
             }
         }
-        self.get(&normalize_host(raw_host)?)
+        self.get(&normalized_host(raw_host)?)
     }
 
     pub fn len(&self) -> usize {
@@ -207,6 +217,24 @@ impl<T> HostTable<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lower_case_host_is_normalised_without_a_copy() {
+        for (raw, want, borrowed) in [
+            ("127.0.0.1:8080", "127.0.0.1", true),
+            ("a.example.", "a.example", true),
+            ("A.Example:80", "a.example", false),
+            ("[::1]:443", "[::1]", true),
+        ] {
+            let got = normalized_host(raw.as_bytes()).unwrap();
+            assert_eq!(got, want, "{raw}");
+            assert_eq!(
+                matches!(got, std::borrow::Cow::Borrowed(_)),
+                borrowed,
+                "{raw}"
+            );
+        }
+    }
 
     fn table(patterns: &[&str]) -> HostTable<String> {
         let mut t = HostTable::default();

@@ -84,10 +84,7 @@ pub fn check_request<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
     if let Some(r) = framing_problem(headers) {
         return refused(r.as_str(), ProxyError::BadRequest);
     }
-    if headers
-        .values()
-        .any(|v| v.as_bytes().iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)))
-    {
+    if headers.values().any(|v| has_cr_lf_nul(v.as_bytes())) {
         return refused("CR, LF or NUL in a header value", ProxyError::BadRequest);
     }
     if let Some(authority) = req.uri().authority() {
@@ -111,6 +108,28 @@ pub fn check_request<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
 /// would get a raw HTTP/2 tunnel whose responses the cookie filter never sees (h2c smuggling).
 /// The request goes on as plain HTTP/1.1, as if the offer had been declined; other upgrades
 /// (WebSocket) are untouched.
+/// Whether `bytes` hold a CR, an LF or a NUL: eight bytes at a time (a word has a zero byte
+/// when `(w - 0x01..) & !w & 0x80..` is not zero; XOR-ing it with CR or LF in every byte turns
+/// those into zero bytes), then the tail byte by byte.
+fn has_cr_lf_nul(bytes: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const CR: u64 = LO * b'\r' as u64;
+    const LF: u64 = LO * b'\n' as u64;
+    let has_zero = |w: u64| w.wrapping_sub(LO) & !w & HI != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        if has_zero(w) || has_zero(w ^ CR) || has_zero(w ^ LF) {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| matches!(b, b'\r' | b'\n' | 0))
+}
+
 fn decline_h2c_upgrade(headers: &mut HeaderMap) {
     let h2c = headers.get_all(header::UPGRADE).iter().any(|v| {
         v.as_bytes()
@@ -155,6 +174,27 @@ fn same_authority(target: &http::uri::Authority, host: &[u8], default_port: u16)
 mod tests {
     use super::*;
     use HeadVerdict::{Clean, Rejected};
+
+    #[test]
+    fn cr_lf_nul_found_at_every_offset_and_nothing_else() {
+        let plain = |b: u8| !matches!(b, b'\r' | b'\n' | 0);
+        for len in 0..40usize {
+            let base: Vec<u8> = (0..len).map(|i| b"a-Z;=\t~\x7f\x80\xff "[i % 11]).collect();
+            assert!(!has_cr_lf_nul(&base), "{len}");
+            for at in 0..len {
+                for bad in [b'\r', b'\n', 0u8] {
+                    let mut v = base.clone();
+                    v[at] = bad;
+                    assert!(has_cr_lf_nul(&v), "{len} {at} {bad}");
+                }
+            }
+        }
+        // Every byte value alone and beside its neighbours.
+        for b in 0..=255u8 {
+            let v = [b'x', b, b.saturating_add(1), b'y', b, b'z', b, b'q', b, b];
+            assert_eq!(has_cr_lf_nul(&v), v.iter().any(|&c| !plain(c)), "{b}");
+        }
+    }
 
     fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut b = Request::builder().method(method).uri(uri);

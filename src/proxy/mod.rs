@@ -634,10 +634,7 @@ impl Proxy {
                 "consent set-cookie from the upstream ignored: a browser would not hold it for this URL"
             );
         }
-        for ((category, verdict), n) in groups {
-            self.counters
-                .set_cookie(metrics, &policy.name, category, verdict, n);
-        }
+        self.counters.set_cookies(metrics, &policy.name, &groups);
         if summary.any() || (!purged.is_empty() && policy.mode == Mode::Enforce) {
             add_vary_cookie(headers);
         }
