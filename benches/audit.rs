@@ -28,15 +28,26 @@ use consent_gateway::audit::{
 use consent_gateway::config::{AuditConfig, AuditPath};
 use consent_gateway::metrics::Metrics;
 use consent_gateway::policy::consent::{Consent, ConsentSpec, Format};
+use consent_gateway::policy::decide::{Reason, Verdict};
 
-const COOKIES: [(&str, &str, &str, &str); 7] = [
-    ("sessionid", "necessary", "kept", "necessary"),
-    ("csrftoken", "necessary", "kept", "necessary"),
-    ("django_language", "necessary", "kept", "necessary"),
-    ("_ga", "statistical", "dropped", "not-granted"),
-    ("_gid", "statistical", "dropped", "not-granted"),
-    ("_ga_ABC123", "statistical", "dropped", "not-granted"),
-    ("ads_id", "marketing", "dropped", "not-granted"),
+const COOKIES: [(&str, &str, Verdict, Reason); 7] = [
+    ("sessionid", "necessary", Verdict::Keep, Reason::Necessary),
+    ("csrftoken", "necessary", Verdict::Keep, Reason::Necessary),
+    (
+        "django_language",
+        "necessary",
+        Verdict::Keep,
+        Reason::Necessary,
+    ),
+    ("_ga", "statistical", Verdict::Drop, Reason::NotGranted),
+    ("_gid", "statistical", Verdict::Drop, Reason::NotGranted),
+    (
+        "_ga_ABC123",
+        "statistical",
+        Verdict::Drop,
+        Reason::NotGranted,
+    ),
+    ("ads_id", "marketing", Verdict::Drop, Reason::NotGranted),
 ];
 
 const PREFS: &str =
@@ -59,8 +70,8 @@ fn facts(cookie_headers: &[http::HeaderValue], spec: &ConsentSpec, consent: &Con
             .map(|(n, c, v, r)| CookieFacts {
                 name: (*n).to_owned(),
                 category: (*c).to_owned(),
-                verdict: v,
-                reason: r,
+                verdict: *v,
+                reason: *r,
             })
             .collect(),
         stripped: Vec::new(),

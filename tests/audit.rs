@@ -776,6 +776,7 @@ async fn stdout_carries_the_records_one_json_object_a_line() {
 
 use consent_gateway::audit::record::{ConsentFacts, CookieFacts, ResponseFacts};
 use consent_gateway::audit::verify::verify_bytes;
+use consent_gateway::policy::decide::{Reason, Verdict};
 use proptest::prelude::*;
 
 fn facts() -> impl Strategy<Value = Event> {
@@ -810,8 +811,8 @@ fn facts() -> impl Strategy<Value = Event> {
                     .map(|(name, category, v)| CookieFacts {
                         name,
                         category,
-                        verdict: ["kept", "dropped", "would_drop"][v],
-                        reason: "unknown",
+                        verdict: [Verdict::Keep, Verdict::Drop, Verdict::WouldDrop][v],
+                        reason: Reason::Unknown,
                     })
                     .collect(),
                 stripped: Vec::new(),

@@ -13,6 +13,7 @@
 use super::digest::{consent_digest, source_name};
 use super::record::{ConsentFacts, ReloadFacts, ResponseFacts, Stamp, FORMAT};
 use crate::policy::consent::{Consent, ConsentSpec};
+use crate::policy::decide::{Reason, Verdict};
 
 // Tags of the fields. Numbers take 8 bytes (little-endian); strings a 4-byte length, then their
 // bytes: UTF-8 (from a `&str`), except cookie names, which go in as sent and are made UTF-8 by the
@@ -30,12 +31,47 @@ const SOURCE: u8 = 10;
 const METHOD: u8 = 11;
 const PATH: u8 = 12;
 const STATUS: u8 = 13;
-/// Four strings: name, category, verdict, reason.
+/// Two strings, name and category, then the verdict's and the reason's codes (a byte each: their
+/// places in [`VERDICTS`] and [`REASONS`]).
 const COOKIE: u8 = 14;
 const STRIPPED: u8 = 15;
 const PURGED: u8 = 16;
 const RESULT: u8 = 17;
 const ERROR: u8 = 18;
+
+/// A cookie's verdict by code.
+const VERDICTS: [Verdict; 3] = [Verdict::Keep, Verdict::Drop, Verdict::WouldDrop];
+
+fn verdict_code(v: Verdict) -> u8 {
+    match v {
+        Verdict::Keep => 0,
+        Verdict::Drop => 1,
+        Verdict::WouldDrop => 2,
+    }
+}
+
+/// A cookie's reason by code.
+const REASONS: [Reason; 7] = [
+    Reason::ConsentCookie,
+    Reason::Necessary,
+    Reason::Granted,
+    Reason::Deletion,
+    Reason::NotGranted,
+    Reason::Gpc,
+    Reason::Unknown,
+];
+
+fn reason_code(r: Reason) -> u8 {
+    match r {
+        Reason::ConsentCookie => 0,
+        Reason::Necessary => 1,
+        Reason::Granted => 2,
+        Reason::Deletion => 3,
+        Reason::NotGranted => 4,
+        Reason::Gpc => 5,
+        Reason::Unknown => 6,
+    }
+}
 
 fn is_number(tag: u8) -> bool {
     matches!(tag, TIME | GENERATION | PRESENT | GPC | STATUS)
@@ -161,12 +197,12 @@ impl ResponseDraft {
 
     /// One upstream `Set-Cookie` and what was done with it. Call in header order. The name goes
     /// in as sent: the record has it with invalid UTF-8 replaced by U+FFFD.
-    pub fn set_cookie(&mut self, name: &[u8], category: &str, verdict: &str, reason: &str) {
+    pub fn set_cookie(&mut self, name: &[u8], category: &str, verdict: Verdict, reason: Reason) {
         self.buf.push(COOKIE);
         self.put(name);
         self.put(category.as_bytes());
-        self.put(verdict.as_bytes());
-        self.put(reason.as_bytes());
+        self.buf.push(verdict_code(verdict));
+        self.buf.push(reason_code(reason));
     }
 
     /// A browser cookie removed from the request (its name as for [`Self::set_cookie`]).
@@ -257,7 +293,12 @@ fn lossy(s: &[u8]) -> String {
 enum Value<'a> {
     Num(u64),
     Str(&'a [u8]),
-    Cookie([&'a [u8]; 4]),
+    Cookie {
+        name: &'a [u8],
+        category: &'a [u8],
+        verdict: Verdict,
+        reason: Reason,
+    },
 }
 
 /// The fields of an encoded record, in the order written. Stops at anything malformed (which
@@ -285,12 +326,12 @@ impl<'a> Iterator for Items<'a> {
         let value = if is_number(tag) {
             Value::Num(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
         } else if tag == COOKIE {
-            Value::Cookie([
-                self.string()?,
-                self.string()?,
-                self.string()?,
-                self.string()?,
-            ])
+            Value::Cookie {
+                name: self.string()?,
+                category: self.string()?,
+                verdict: *VERDICTS.get(usize::from(*self.take(1)?.first()?))?,
+                reason: *REASONS.get(usize::from(*self.take(1)?.first()?))?,
+            }
         } else {
             Value::Str(self.string()?)
         };
@@ -352,6 +393,7 @@ pub fn put_u64(out: &mut Vec<u8>, mut n: u64) {
 /// U+0020 (`\b \t \n \f \r` by name, the others as `\u00XX` in lowercase hex); everything else,
 /// U+007F and non-ASCII included, as is. `s` is UTF-8, or a cookie name as sent: invalid UTF-8 is
 /// replaced by U+FFFD, as `String::from_utf8_lossy` does.
+#[inline]
 pub fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     if is_plain(s) {
         out.reserve(s.len() + 2);
@@ -359,7 +401,7 @@ pub fn put_str(out: &mut Vec<u8>, s: &[u8]) {
         out.extend_from_slice(s);
         out.push(b'"');
     } else {
-        put_escaped(out, String::from_utf8_lossy(s).as_bytes());
+        put_escaped(out, s);
     }
 }
 
@@ -376,6 +418,7 @@ const PLAIN: [bool; 256] = {
 };
 
 /// Whether every byte of `s` is [`PLAIN`]: the common case, checked eight bytes at a time.
+#[inline]
 fn is_plain(s: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = ONES * 0x80;
@@ -400,8 +443,11 @@ fn is_plain(s: &[u8]) -> bool {
     words.remainder().iter().all(|&b| PLAIN[usize::from(b)])
 }
 
-/// [`put_str`] of UTF-8 that needs escaping.
+/// [`put_str`] of a string that needs escaping (or U+FFFD).
+#[cold]
 fn put_escaped(out: &mut Vec<u8>, s: &[u8]) {
+    let s = String::from_utf8_lossy(s);
+    let s = s.as_bytes();
     out.push(b'"');
     let mut from = 0;
     for (i, &b) in s.iter().enumerate() {
@@ -487,7 +533,16 @@ pub fn canonical_response(stamp: Stamp<'_>, draft: &[u8], time: &mut TimeText, o
     out.extend_from_slice(b",\"set_cookies\":[");
     let mut first = true;
     for (tag, v) in Items(f.set_cookies) {
-        if let (COOKIE, Value::Cookie([name, category, verdict, reason])) = (tag, v) {
+        if let (
+            COOKIE,
+            Value::Cookie {
+                name,
+                category,
+                verdict,
+                reason,
+            },
+        ) = (tag, v)
+        {
             if !first {
                 out.push(b',');
             }
@@ -496,11 +551,12 @@ pub fn canonical_response(stamp: Stamp<'_>, draft: &[u8], time: &mut TimeText, o
             put_str(out, name);
             out.extend_from_slice(b",\"category\":");
             put_str(out, category);
-            out.extend_from_slice(b",\"verdict\":");
-            put_str(out, verdict);
-            out.extend_from_slice(b",\"reason\":");
-            put_str(out, reason);
-            out.push(b'}');
+            // Labels that need no escaping (tested).
+            out.extend_from_slice(b",\"verdict\":\"");
+            out.extend_from_slice(verdict.metric_label().as_bytes());
+            out.extend_from_slice(b"\",\"reason\":\"");
+            out.extend_from_slice(reason.as_str().as_bytes());
+            out.extend_from_slice(b"\"}");
         }
     }
     out.extend_from_slice(b"],\"stripped\":");
@@ -622,14 +678,14 @@ mod tests {
                 CookieFacts {
                     name: s.into(),
                     category: "statistical".into(),
-                    verdict: "would_drop",
-                    reason: "not-granted",
+                    verdict: Verdict::WouldDrop,
+                    reason: Reason::NotGranted,
                 },
                 CookieFacts {
                     name: "b".into(),
                     category: s.into(),
-                    verdict: "kept",
-                    reason: "necessary",
+                    verdict: Verdict::Keep,
+                    reason: Reason::Necessary,
                 },
             ],
             stripped: vec![s.into(), "x".into()],
@@ -706,6 +762,37 @@ mod tests {
     }
 
     #[test]
+    fn every_verdict_and_reason_round_trips_and_needs_no_escaping() {
+        for v in VERDICTS {
+            assert_eq!(VERDICTS[usize::from(verdict_code(v))], v);
+            assert!(is_plain(v.metric_label().as_bytes()));
+        }
+        for r in REASONS {
+            assert_eq!(REASONS[usize::from(reason_code(r))], r);
+            assert!(is_plain(r.as_str().as_bytes()));
+        }
+        let stamp = Stamp {
+            seq: 1,
+            time_ms: 1_764_583_200_123,
+            replica: "r",
+        };
+        let mut f = facts("x");
+        f.set_cookies.clear();
+        for v in VERDICTS {
+            for r in REASONS {
+                f.set_cookies.push(CookieFacts {
+                    name: "n".into(),
+                    category: "c".into(),
+                    verdict: v,
+                    reason: r,
+                });
+            }
+        }
+        let want = canonical_event(stamp, &Event::Response(Box::new(f.clone())));
+        assert_eq!(fast(stamp, &f), want);
+    }
+
+    #[test]
     fn names_that_are_not_utf8_are_recorded_with_u_fffd() {
         let stamp = Stamp {
             seq: 1,
@@ -717,15 +804,15 @@ mod tests {
         let mut f = facts("x");
         let mut d = ResponseDraft::from(&f);
         for n in names {
-            d.set_cookie(n, "c", "kept", "unknown");
+            d.set_cookie(n, "c", Verdict::Drop, Reason::Unknown);
             d.stripped(n);
             d.purged(n);
             let name = String::from_utf8_lossy(n).into_owned();
             f.set_cookies.push(CookieFacts {
                 name: name.clone(),
                 category: "c".into(),
-                verdict: "kept",
-                reason: "unknown",
+                verdict: Verdict::Drop,
+                reason: Reason::Unknown,
             });
             f.stripped.push(name.clone());
             f.purged.push(name);

@@ -16,6 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::policy::consent::{Consent, ConsentSpec};
+use crate::policy::decide::{Reason, Verdict};
 
 /// The `audit` field of every record: the format's version, and what tells an audit line apart
 /// from the access log when both go to one stream.
@@ -193,9 +194,20 @@ pub struct CookieFacts {
     /// The cookie's name (invalid UTF-8 replaced by U+FFFD). Never its value.
     pub name: String,
     pub category: String,
-    /// `kept`, `dropped` or `would_drop`.
-    pub verdict: &'static str,
-    pub reason: &'static str,
+    /// `kept`, `dropped` or `would_drop` ([`Verdict::metric_label`]).
+    #[serde(serialize_with = "verdict_label")]
+    pub verdict: Verdict,
+    /// [`Reason::as_str`].
+    #[serde(serialize_with = "reason_label")]
+    pub reason: Reason,
+}
+
+fn verdict_label<S: serde::Serializer>(v: &Verdict, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.metric_label())
+}
+
+fn reason_label<S: serde::Serializer>(r: &Reason, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.as_str())
 }
 
 /// A proxied response in which the gateway decided something.

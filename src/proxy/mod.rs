@@ -148,22 +148,22 @@ struct AuditRequest<'a> {
     method: http::Method,
     /// The request's path (the URL's, kept anyway): the audit log holds no query strings.
     path: &'a str,
-    /// The `Cookie` headers as the browser sent them (for the consent cookie's digest).
-    cookies: Vec<HeaderValue>,
+    /// The `Cookie` headers as the browser sent them (for the consent cookie's digest): the
+    /// first, and the others (HTTP/2 clients may send several), so that the usual single header
+    /// needs no vector.
+    cookie: Option<HeaderValue>,
+    more_cookies: Vec<HeaderValue>,
 }
 
 impl<'a> AuditRequest<'a> {
     fn new<B>(sink: &'a crate::audit::Sink, req: &Request<B>, path: &'a str) -> Self {
+        let mut cookies = req.headers().get_all(header::COOKIE).iter();
         AuditRequest {
             sink,
             method: req.method().clone(),
             path,
-            cookies: req
-                .headers()
-                .get_all(header::COOKIE)
-                .iter()
-                .cloned()
-                .collect(),
+            cookie: cookies.next().cloned(),
+            more_cookies: cookies.cloned().collect(),
         }
     }
 
@@ -196,7 +196,7 @@ impl<'a> AuditRequest<'a> {
             });
             draft.consent(
                 &policy.consent,
-                &self.cookies,
+                self.cookie.iter().chain(&self.more_cookies),
                 filtered.changed.as_ref().unwrap_or(consent),
             );
             for n in &side.stripped_names {
@@ -572,12 +572,7 @@ impl Proxy {
         let (summary, purged, changed) =
             filter_response(policy, consent, side, headers, exchange, |sc, d| {
                 if let Some(draft) = audit_draft.as_mut() {
-                    draft.set_cookie(
-                        sc.name,
-                        d.category(),
-                        d.verdict.metric_label(),
-                        d.reason.as_str(),
-                    );
+                    draft.set_cookie(sc.name, d.category(), d.verdict, d.reason);
                 }
                 // Counted per (category, verdict) once the response is filtered: a typical
                 // response has 7 headers in 2-3 groups, so 2-3 metric lookups instead of 7.
