@@ -12,6 +12,8 @@ WORKDIR /src
 # Only what the build reads: the manifest, the lock file and every target the manifest names
 # (the [[bench]] target must exist for the manifest to load).
 COPY Cargo.toml Cargo.lock ./
+# jemalloc's settings compiled into the binary (the [env] of .cargo/config.toml).
+COPY .cargo ./.cargo
 COPY src ./src
 COPY benches ./benches
 # The cookie knowledge base compiled into the binary (include_str!).

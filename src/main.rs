@@ -10,6 +10,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use consent_gateway::config;
 use consent_gateway::gateway::Gateway;
 
+/// jemalloc, which returns freed memory to the system (Cargo.toml says why).
+#[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "consent-gateway",
