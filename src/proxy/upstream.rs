@@ -287,7 +287,7 @@ const MAX_UPSTREAM_READ: usize = 64 * 1024;
 /// head limit on a fast body) and hands each read on as one body frame, which keeps its
 /// allocation alive until the client has taken it: the cap bounds what a stalled response holds
 /// (docs/configuration.md, "Memory per connection"). Small reads cost system calls: a 1 MiB body
-/// read 4 KiB at a time took 3.5 times the CPU it takes with 32 KiB reads (BENCHMARKS.md).
+/// read 4 KiB at a time took about five times the CPU it takes with 32 KiB reads (BENCHMARKS.md).
 #[derive(Clone)]
 pub struct CappedConnector {
     http: HttpConnector,
