@@ -5,7 +5,8 @@
 //!
 //! - `decide_7`: `policy::decide` over the 7 pre-parsed headers (the decision alone).
 //! - `filter_7_necessary_only`: what the proxy does per response in the common case (consent
-//!   refused, 4 of 7 dropped): decode the request's percent-encoded `cookies_preferences`, then
+//!   refused, 4 of 7 dropped): read the request's percent-encoded `cookies_preferences` (the
+//!   same value every iteration: after the first, a hit in the worker's consent memo), then
 //!   `filter_set_cookies` on the response's headers.
 //! - `filter_7_all_granted`: the same with everything granted (nothing dropped).
 //!
