@@ -177,7 +177,7 @@ async fn idle_keep_alive_connections_cost_little_memory() {
 
 /// One HTTP/2 client announcing the largest windows, opening 256 streams for a large response
 /// each and then never reading its socket: the gateway's resident set grows by less than the
-/// memory model's bound (11.5 MiB with the default 32 KiB upstream reads; it was about 150 MB).
+/// memory model's bound (15 MiB with the default 32 KiB upstream reads; it was about 150 MB).
 /// The gateway lets 64 streams run at once; the client queues the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_http2_streams_cost_little_memory() {
@@ -290,7 +290,7 @@ async fn stalled_http2_streams_cost_little_memory() {
     );
     assert!(answered > 0);
     // The memory model's bound for one HTTP/2 connection with every stream stalled, with the
-    // default 32 KiB upstream reads: 64 x 168 KiB + the 1 MiB receive window.
+    // default 32 KiB upstream reads: 64 x 224 KiB + the 1 MiB receive window.
     let bound = (consent_gateway::config::memory::H2_STREAMS
         * consent_gateway::config::memory::h2_stream(32 << 10)
         + consent_gateway::config::memory::H2_RECEIVE_WINDOW)
