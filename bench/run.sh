@@ -50,6 +50,11 @@
 #                plus [audit] path = <scratch>/audit/audit.jsonl) on PORT_BASE+13 (admin +1013), listed right
 #                after gateway, so that the same run compares the gateway with the audit log off and on; at the
 #                end, the log's size and `consent-gateway audit verify` of it
+#   AUDIT_PAIRED [0]  N>0 (implies AUDIT=1): after the rounds, N paired rounds per path in which gateway and
+#                gateway-audit are loaded at the same time, each by its own load generator with half the
+#                threads and connections, so that both see the same machine at the same moment; per round
+#                and as the median: CPU per request of each, their ratio, and the audit-writer thread's share.
+#                The machine's noise moves both together, which sequential rounds cannot give
 #   KEEP_RUN [0] keep the scratch dir (/tmp/consent-bench.*) with raw load-generator output and logs
 #
 # Exit status: 0 when every consent target filtered correctly and every run had zero errors;
@@ -86,6 +91,9 @@ MEM_TLS=${MEM_TLS:-0}
 MEM_TLS_CONCURRENCY=${MEM_TLS_CONCURRENCY:-64}
 TLS=${TLS:-0}
 AUDIT=${AUDIT:-0}
+AUDIT_PAIRED=${AUDIT_PAIRED:-0}
+[[ "$AUDIT_PAIRED" =~ ^[0-9]+$ ]] || { echo "run.sh: AUDIT_PAIRED must be a number" >&2; exit 2; }
+[ "$AUDIT_PAIRED" -gt 0 ] && AUDIT=1
 NEWCONN=${NEWCONN:-3000}
 
 die() { echo "run.sh: $*" >&2; exit 2; }
@@ -410,6 +418,12 @@ target_ticks() { # PID... -> utime+stime (all threads) of these processes only
   { for p in "$@"; do cat "/proc/$p/stat" 2>/dev/null || true; done; } \
     | awk '{ r = $0; sub(/^.*\) /, "", r); split(r, a, " "); s += a[12] + a[13] } END { print s + 0 }'
 }
+thread_ticks() { # NAME PID... -> utime+stime of the threads of these processes named NAME (comm)
+  local name=$1; shift
+  { for p in "$@"; do cat /proc/"$p"/task/[0-9]*/stat 2>/dev/null || true; done; } \
+    | awk -v n="($name)" '{ c = $0; sub(/^[0-9]+ /, "", c); sub(/\) .*$/, ")", c)
+        if (c != n) next; r = $0; sub(/^.*\) /, "", r); split(r, a, " "); s += a[12] + a[13] } END { print s + 0 }'
+}
 kthread_ticks() { # utime+stime of kernel threads (PF_KTHREAD): ksoftirqd, kworkers (loopback delivery, ...)
   { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{ r = $0; sub(/^.*\) /, "", r); split(r, a, " ")
     if (int(a[7] / 2097152) % 2 == 1) s += a[12] + a[13] } END { print s + 0 }'
@@ -511,6 +525,7 @@ load() {
   fi
 }
 # results.tsv: round target path rps p50_us p99_us errors peak_rss_kib other_cpu_pct loadavg1 cpu_us_per_request
+#              writer_us_per_request (gateway-audit: its audit-writer thread's share of cpu_us_per_request, else -1)
 for round in $(seq 1 "$ROUNDS"); do
   # Rotate the target order each round so that no target always runs first/last (position bias).
   n=${#ACTIVE[@]}; k=$(( (round - 1) % n ))
@@ -524,9 +539,9 @@ for round in $(seq 1 "$ROUNDS"); do
       load "$url" "$WARMUP" "$RUN/wrk/$tag-warmup.txt"
       sp=($(all_server_pids))
       read -r c0_total c0_busy < <(cpu_ticks); o0=$(( $(procs_ticks "${sp[@]}") + $(kthread_ticks) ))
-      own0=$(target_ticks "${tp[@]}")
+      own0=$(target_ticks "${tp[@]}"); w0=$(thread_ticks audit-writer "${tp[@]}")
       load "$url" "$DURATION" "$RUN/wrk/$tag.txt"
-      own1=$(target_ticks "${tp[@]}")
+      own1=$(target_ticks "${tp[@]}"); w1=$(thread_ticks audit-writer "${tp[@]}")
       read -r c1_total c1_busy < <(cpu_ticks); o1=$(( $(procs_ticks "${sp[@]}") + $(kthread_ticks) ))
       hwm=-1
       [ ${#tp[@]} -gt 0 ] && hwm=$(status_kib VmHWM "${tp[@]}")
@@ -536,7 +551,7 @@ for round in $(seq 1 "$ROUNDS"); do
       line=$(grep '^RESULT' "$RUN/wrk/$tag.txt" || true)
       if [ -z "$line" ]; then
         echo "$LOADGEN failed for $t $path:" >&2; cat "$RUN/wrk/$tag.txt" >&2
-        printf '%s\t%s\t%s\t0\t0\t0\t-1\t%s\t%s\t%s\t-1\n' "$round" "$t" "$path" "$hwm" "$other" "$load1" >> "$RESULTS"
+        printf '%s\t%s\t%s\t0\t0\t0\t-1\t%s\t%s\t%s\t-1\t-1\n' "$round" "$t" "$path" "$hwm" "$other" "$load1" >> "$RESULTS"
         continue
       fi
       errs=$(( $(field err_connect "$line") + $(field err_read "$line") + $(field err_write "$line") + $(field err_status "$line") + $(field err_timeout "$line") ))
@@ -544,8 +559,11 @@ for round in $(seq 1 "$ROUNDS"); do
       cpu_us=$(awk -v d=$((own1 - own0)) -v hz="$(getconf CLK_TCK)" -v n="$(field requests "$line")" \
         'BEGIN{ if (n > 0 && d >= 0) printf "%.1f", d * 1e6 / hz / n; else print -1 }')
       [ ${#tp[@]} -gt 0 ] || cpu_us=-1
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$path" \
-        "$(field rps "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")" "$errs" "$hwm" "$other" "$load1" "$cpu_us" >> "$RESULTS"
+      writer_us=-1
+      [ "$t" = gateway-audit ] && writer_us=$(awk -v d=$((w1 - w0)) -v hz="$(getconf CLK_TCK)" -v n="$(field requests "$line")" \
+        'BEGIN{ if (n > 0 && d >= 0) printf "%.2f", d * 1e6 / hz / n; else print -1 }')
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$path" \
+        "$(field rps "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")" "$errs" "$hwm" "$other" "$load1" "$cpu_us" "$writer_us" >> "$RESULTS"
     done
   done
 done
@@ -567,7 +585,7 @@ echo "-- per-round results (peak RSS = VmHWM of the target's processes over warm
 echo "   other% = CPU used during the run by processes outside the bench (neither its servers, the load generator nor"
 echo "   kernel threads), % of all cores: another job on the machine; load1 = 1-min loadavg after the run)"
 printf '%-5s %-12s %-6s %12s %10s %10s %7s %9s %9s %6s %6s\n' round target path 'req/s' 'p50 ms' 'p99 ms' errors 'RSS MiB' 'CPU us/r' 'other%' load1
-while IFS=$'\t' read -r r t p rps p50 p99 e hwm other l1 cpu; do
+while IFS=$'\t' read -r r t p rps p50 p99 e hwm other l1 cpu _writer; do
   printf '%-5s %-12s %-6s %12.0f %10.2f %10.2f %7s %9s %9s %6s %6s\n' "$r" "$t" "$p" "$rps" \
     "$(awk "BEGIN{print $p50/1000}")" "$(awk "BEGIN{print $p99/1000}")" "$e" \
     "$(awk -v h="$hwm" 'BEGIN{ if (h >= 0) printf "%.1f", h/1024; else printf "-" }')" \
@@ -607,6 +625,57 @@ if [[ " ${ACTIVE[*]} " == *" gateway "* ]] && [ ${#ACTIVE[@]} -gt 1 ]; then
   done
 fi
 LOAD_ERRORS=$(awk -F'\t' '$7 != 0 {n++} END{print n+0}' "$RESULTS")
+
+# ---------------------------------------------------------------- audit log's cost, paired rounds
+if [ "$AUDIT_PAIRED" -gt 0 ] && [ -n "${ROOT[gateway]:-}" ] && [ -n "${ROOT[gateway-audit]:-}" ]; then
+  PAIRED=$RUN/paired.tsv; : > "$PAIRED"
+  half_threads=$(( THREADS > 1 ? THREADS / 2 : 1 )); half_conns=$(( CONNS > 1 ? CONNS / 2 : 1 ))
+  echo
+  echo "-- audit log's cost, paired: gateway and gateway-audit loaded at the same time ($LOADGEN -t$half_threads -c$half_conns each,"
+  echo "   $DURATION after $WARMUP of warm-up), $AUDIT_PAIRED round(s) per path"
+  printf '%-5s %-6s %10s %10s %10s %10s %9s %11s\n' round path 'off req/s' 'on req/s' 'off us/r' 'on us/r' 'on/off' 'writer us/r'
+  hz=$(getconf CLK_TCK)
+  for round in $(seq 1 "$AUDIT_PAIRED"); do
+    for path in $PATHS; do
+      off=($(target_pids gateway)); on=($(target_pids gateway-audit))
+      tag="paired-r${round}-$(tr -c 'a-z0-9' _ <<<"$path")"
+      ( THREADS=$half_threads CONNS=$half_conns
+        load "http://${ADDR[gateway]}$path" "$WARMUP" "$RUN/wrk/$tag-off-warmup.txt" &
+        load "http://${ADDR[gateway-audit]}$path" "$WARMUP" "$RUN/wrk/$tag-on-warmup.txt" &
+        wait )
+      a0=$(target_ticks "${off[@]}"); b0=$(target_ticks "${on[@]}"); w0=$(thread_ticks audit-writer "${on[@]}")
+      ( THREADS=$half_threads CONNS=$half_conns
+        load "http://${ADDR[gateway]}$path" "$DURATION" "$RUN/wrk/$tag-off.txt" &
+        load "http://${ADDR[gateway-audit]}$path" "$DURATION" "$RUN/wrk/$tag-on.txt" &
+        wait )
+      a1=$(target_ticks "${off[@]}"); b1=$(target_ticks "${on[@]}"); w1=$(thread_ticks audit-writer "${on[@]}")
+      loff=$(grep '^RESULT' "$RUN/wrk/$tag-off.txt" || true); lon=$(grep '^RESULT' "$RUN/wrk/$tag-on.txt" || true)
+      if [ -z "$loff" ] || [ -z "$lon" ]; then
+        echo "$LOADGEN failed in paired round $round $path" >&2; cat "$RUN/wrk/$tag-off.txt" "$RUN/wrk/$tag-on.txt" >&2
+        LOAD_ERRORS=$((LOAD_ERRORS + 1)); continue
+      fi
+      for l in "$loff" "$lon"; do
+        e=$(( $(field err_connect "$l") + $(field err_read "$l") + $(field err_write "$l") + $(field err_status "$l") + $(field err_timeout "$l") ))
+        [ "$e" = 0 ] || LOAD_ERRORS=$((LOAD_ERRORS + 1))
+      done
+      awk -v r="$round" -v p="$path" -v hz="$hz" -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v w=$((w1 - w0)) \
+          -v na="$(field requests "$loff")" -v nb="$(field requests "$lon")" \
+          -v ra="$(field rps "$loff")" -v rb="$(field rps "$lon")" '
+        BEGIN { if (na <= 0 || nb <= 0) exit
+                off = a * 1e6 / hz / na; on = b * 1e6 / hz / nb; wr = w * 1e6 / hz / nb
+                printf "%s\t%s\t%.0f\t%.0f\t%.2f\t%.2f\t%.4f\t%.2f\n", r, p, ra, rb, off, on, (off > 0 ? on / off : 0), wr }' >> "$PAIRED"
+      tail -1 "$PAIRED" | awk -F'\t' -v r="$round" -v p="$path" '$1 == r && $2 == p {
+        printf "%-5s %-6s %10s %10s %10s %10s %9.3f %11s\n", $1, $2, $3, $4, $5, $6, $7, $8 }'
+    done
+  done
+  for path in $PATHS; do
+    pc() { awk -F'\t' -v p="$path" -v c="$1" '$2 == p {print $c}' "$PAIRED" | median; }
+    printf '%-5s %-6s %10.0f %10.0f %10.2f %10.2f %9.3f %11.2f\n' median "$path" "$(pc 3)" "$(pc 4)" "$(pc 5)" "$(pc 6)" "$(pc 7)" "$(pc 8)"
+  done
+  echo "(us/r = CPU time (user+system) of the target's own processes per request over the same ${DURATION}; on/off = the"
+  echo " round's ratio of the two, its median is the audit log's cost; writer = gateway-audit's audit-writer thread, part of"
+  echo " its us/r: the rest of the difference is the request path's share and the effect of one more busy thread)"
+fi
 
 GW_AFTER_LOAD=
 if [ -n "${ROOT[gateway]:-}" ] && [ -n "$(awk -F'\t' '$2=="gateway"' "$RESULTS")" ]; then
@@ -766,6 +835,12 @@ if [ "$AUDIT" = 1 ] && [ -n "${ROOT[gateway-audit]:-}" ]; then
   files=(); for n in 10 9 8 7 6 5 4 3 2 1; do [ -f "$GATEWAY_AUDIT_LOG.$n" ] && files+=("$GATEWAY_AUDIT_LOG.$n"); done
   files+=("$GATEWAY_AUDIT_LOG")
   printf '   %s bytes in %s file(s)\n' "$(cat "${files[@]}" | wc -c)" "${#files[@]}"
+  # The writer thread's part of gateway-audit's CPU per request (the rest is the request path's).
+  for path in $PATHS; do
+    w=$(col gateway-audit "$path" 12 | awk '$1 >= 0' | median)
+    c=$(col gateway-audit "$path" 11 | awk '$1 >= 0' | median)
+    printf '   %s: audit-writer thread %s us/req of gateway-audit'"'"'s %s us/req (median over rounds)\n' "$path" "$w" "$c"
+  done
   "$GATEWAY_BIN" audit verify "${files[@]}" 2>&1 | sed 's/^/   /' || echo "   (audit verify failed: see above)"
   curl -s --max-time 5 "http://127.0.0.1:$GATEWAY_AUDIT_ADMIN_PORT/metrics" | grep '^consent_gateway_audit_' | sed 's/^/   /' || true
 fi

@@ -79,9 +79,16 @@ fn is_number(tag: u8) -> bool {
 
 /// A `response` record being built on the request path: one buffer, filled in any order (the
 /// proxy writes each list's items one after the other, which the writer reads fastest).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ResponseDraft {
+    /// Starts with the time (tag and 8 bytes), the rest in the order written.
     buf: Vec<u8>,
+}
+
+impl Default for ResponseDraft {
+    fn default() -> Self {
+        ResponseDraft::new()
+    }
 }
 
 /// Bytes a draft starts with room for: a record of the bench's `/` (7 `Set-Cookie` headers)
@@ -127,10 +134,15 @@ impl ResponseDraft {
     /// An empty draft, with room for a typical record.
     pub fn new() -> Self {
         let spare = SPARE.try_with(std::cell::Cell::take).unwrap_or_default();
-        let buf = match spare.capacity() {
+        let mut buf = match spare.capacity() {
             0 => Vec::with_capacity(DRAFT_BYTES),
             _ => spare,
         };
+        // The time comes first, whenever [`Self::head`] is called (after the filter's
+        // `set_cookie`s): what follows it is the same for every response of one page under one
+        // consent, which [`ResponseWriter`] relies on.
+        buf.push(TIME);
+        buf.extend_from_slice(&0u64.to_le_bytes());
         ResponseDraft { buf }
     }
 
@@ -154,7 +166,9 @@ impl ResponseDraft {
 
     /// The facts known without the filter.
     pub fn head(&mut self, h: &ResponseHead<'_>) {
-        self.num(TIME, h.time_ms as u64);
+        if let Some(time) = self.buf.get_mut(1..9) {
+            time.copy_from_slice(&(h.time_ms as u64).to_le_bytes());
+        }
         self.str(HOST, h.host.as_bytes());
         self.num(GENERATION, h.generation);
         self.str(REGISTRY_DIGEST, h.registry_digest.as_bytes());
@@ -503,6 +517,59 @@ pub fn canonical_response(stamp: Stamp<'_>, draft: &[u8], time: &mut TimeText, o
     // most six bytes each escaped, and their keys (a generous bound; more only costs a grow).
     out.reserve(draft.len() * 6 + 512);
     put_start(out, stamp, time, f.time_ms, "response");
+    put_response_fields(&f, out);
+}
+
+/// Drafts longer than this are not remembered by [`ResponseWriter`].
+const MEMO_MAX_DRAFT: usize = 8 << 10;
+
+/// Writes `response` records exactly as [`canonical_response`] does, remembering the last one's
+/// bytes after `"kind":"response"`: the responses of one page under one consent repeat every
+/// field but `seq` and `time`, and then those bytes are copied instead of written again. The
+/// writer thread's own, so no lock.
+#[derive(Debug, Default)]
+pub struct ResponseWriter {
+    time: TimeText,
+    /// The last draft without its time (empty: none), and the bytes written for it after the
+    /// stamp.
+    key: Vec<u8>,
+    rest: Vec<u8>,
+}
+
+impl ResponseWriter {
+    /// Appends the canonical serialization of an encoded `response` record to `out`.
+    pub fn write(&mut self, stamp: Stamp<'_>, draft: &[u8], out: &mut Vec<u8>) {
+        // The draft's first item is its time ([`ResponseDraft::head`]); the rest is the key.
+        let timed = match draft.split_first_chunk::<9>() {
+            Some(([TIME, ms @ ..], key)) => Some((u64::from_le_bytes(*ms) as i64, key)),
+            _ => None,
+        };
+        let Some((time_ms, key)) = timed else {
+            canonical_response(stamp, draft, &mut self.time, out);
+            return;
+        };
+        if !self.key.is_empty() && self.key == key {
+            out.reserve(self.rest.len() + 128);
+            put_start(out, stamp, &mut self.time, time_ms, "response");
+            out.extend_from_slice(&self.rest);
+            return;
+        }
+        let f = Fields::of(draft);
+        out.reserve(draft.len() * 6 + 512);
+        put_start(out, stamp, &mut self.time, f.time_ms, "response");
+        let from = out.len();
+        put_response_fields(&f, out);
+        self.key.clear();
+        self.rest.clear();
+        if draft.len() <= MEMO_MAX_DRAFT {
+            self.key.extend_from_slice(key);
+            self.rest.extend_from_slice(&out[from..]);
+        }
+    }
+}
+
+/// A `response` record's fields after its stamp, to its closing `}`.
+fn put_response_fields(f: &Fields<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"host\":");
     put_str(out, f.host);
     out.extend_from_slice(b",\"generation\":");
@@ -731,6 +798,74 @@ mod tests {
         none.purged.clear();
         let want = canonical_event(stamp, &Event::Response(Box::new(none.clone())));
         assert_eq!(fast(stamp, &none), want);
+    }
+
+    #[test]
+    fn the_remembered_fields_are_the_fields_written_again() {
+        // Repeats (the same page again, a second later or in another second), changes in one
+        // field only, a name that is not UTF-8, and back: every record as canonical_event
+        // writes it, whether its fields were remembered or written.
+        let mut bad_name = facts("b");
+        bad_name.set_cookies[0].name = String::from_utf8_lossy(b"x\xffy").into_owned();
+        let mut other_status = facts("a");
+        other_status.status = 404;
+        let mut other_time = facts("a");
+        other_time.time_ms += 1_000;
+        let mut earlier = facts("a");
+        earlier.time_ms -= 61_000;
+        let sequence = [
+            facts("a"),
+            facts("a"),
+            other_time,
+            earlier,
+            other_status,
+            facts("a"),
+            facts("quote\"q"),
+            facts("quote\"q"),
+            bad_name.clone(),
+            bad_name,
+            facts("a"),
+        ];
+        let mut writer = ResponseWriter::default();
+        let mut out = Vec::new();
+        let mut want = Vec::new();
+        for (n, f) in sequence.iter().enumerate() {
+            let stamp = Stamp {
+                seq: n as u64 + 1,
+                time_ms: 0,
+                replica: "r",
+            };
+            let draft = ResponseDraft::from(f);
+            writer.write(stamp, draft.bytes(), &mut out);
+            let stamp = Stamp {
+                time_ms: f.time_ms,
+                ..stamp
+            };
+            want.extend_from_slice(&canonical_event(
+                stamp,
+                &Event::Response(Box::new(f.clone())),
+            ));
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&want)
+        );
+        // A draft too large to remember is still written right, and the next one too.
+        let mut large = facts("l");
+        large.path = "/".repeat(MEMO_MAX_DRAFT);
+        for f in [&large, &large, &facts("a")] {
+            let stamp = Stamp {
+                seq: 1,
+                time_ms: f.time_ms,
+                replica: "r",
+            };
+            let mut got = Vec::new();
+            writer.write(stamp, ResponseDraft::from(f).bytes(), &mut got);
+            assert_eq!(
+                got,
+                canonical_event(stamp, &Event::Response(Box::new(f.clone())))
+            );
+        }
     }
 
     #[test]

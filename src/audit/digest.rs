@@ -27,8 +27,51 @@ pub fn consent_digest<'h>(
         }
         any.then(|| hex64(&h.finalize().into()))
     } else {
-        pairs.next().map(|p| hex64(&Sha256::digest(p.value).into()))
+        pairs.next().map(|p| value_digest(p.value))
     }
+}
+
+/// Consent values remembered per thread with their digests: a visitor's consent value comes
+/// back with each of their requests, and most sites see few distinct values.
+const MEMO_VALUES: usize = 8;
+/// Longer values are hashed each time (a real consent value is a few hundred bytes at most).
+const MEMO_MAX_VALUE: usize = 512;
+
+/// The last [`MEMO_VALUES`] values hashed on this thread, replaced in turn.
+#[derive(Default)]
+struct Memo {
+    entries: Vec<(Box<[u8]>, [u8; 64])>,
+    next: usize,
+}
+
+thread_local! {
+    static MEMO: std::cell::RefCell<Memo> = std::cell::RefCell::default();
+}
+
+/// The hex SHA-256 of one consent value, from [`MEMO`] when it was hashed lately.
+fn value_digest(value: &[u8]) -> [u8; 64] {
+    let hash = |v: &[u8]| hex64(&Sha256::digest(v).into());
+    if value.len() > MEMO_MAX_VALUE {
+        return hash(value);
+    }
+    let remembered = MEMO.try_with(|memo| {
+        let mut memo = memo.borrow_mut();
+        if let Some((_, d)) = memo.entries.iter().find(|(v, _)| **v == *value) {
+            return *d;
+        }
+        let d = hash(value);
+        let entry = (Box::<[u8]>::from(value), d);
+        if memo.entries.len() < MEMO_VALUES {
+            memo.entries.push(entry);
+        } else {
+            let at = memo.next;
+            memo.entries[at] = entry;
+            memo.next = (at + 1) % MEMO_VALUES;
+        }
+        d
+    });
+    // (Fails only while the thread exits.)
+    remembered.unwrap_or_else(|_| hash(value))
 }
 
 /// Lowercase hex of a SHA-256 digest.
@@ -60,5 +103,35 @@ pub fn source_name(s: Source) -> &'static str {
         Source::TooLarge => "too_large",
         Source::Cookie => "request",
         Source::Response => "response",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain(v: &[u8]) -> [u8; 64] {
+        hex64(&Sha256::digest(v).into())
+    }
+
+    #[test]
+    fn remembered_digests_are_the_digests_of_their_values() {
+        // More distinct values than are remembered, in turns, then each again; and values
+        // that differ only in their last byte or length, and one too long to remember.
+        let values: Vec<Vec<u8>> = (0..MEMO_VALUES * 2 + 3)
+            .map(|i| format!("%7B%22necessary%22%3Atrue%7D{i}").into_bytes())
+            .collect();
+        for round in 0..3 {
+            for (i, v) in values.iter().enumerate() {
+                assert_eq!(value_digest(v), plain(v), "round {round}, value {i}");
+                let mut w = v.clone();
+                w.push(b'x');
+                assert_eq!(value_digest(&w), plain(&w));
+                assert_eq!(value_digest(&v[..v.len() - 1]), plain(&v[..v.len() - 1]));
+            }
+        }
+        let long = vec![b'a'; MEMO_MAX_VALUE + 1];
+        assert_eq!(value_digest(&long), plain(&long));
+        assert_eq!(value_digest(b""), plain(b""));
     }
 }

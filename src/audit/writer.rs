@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::compact::{canonical_response, decode_reload, encode_reload, ResponseDraft, TimeText};
+use super::compact::{decode_reload, encode_reload, ResponseDraft, ResponseWriter};
 use super::record::{
     canonical_event, canonical_loss, canonical_start, hex, seal_in_place, sha256_hex, unseal,
     Event, LossFacts, Stamp, StartFacts, HASH_LEN, SEAL_LEN,
@@ -278,7 +278,7 @@ impl Audit {
             shared: Arc::clone(&shared),
             batch: Batch::default(),
             last_error_log: None,
-            time: TimeText::default(),
+            responses: ResponseWriter::default(),
         };
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let thread_hold = Arc::clone(&hold);
@@ -507,8 +507,8 @@ struct Writer {
     shared: Arc<Shared>,
     batch: Batch,
     last_error_log: Option<Instant>,
-    /// The `time` text of the last second a record was made in.
-    time: TimeText,
+    /// Serializes `response` records (remembering the last one's fields).
+    responses: ResponseWriter,
 }
 
 impl Writer {
@@ -637,7 +637,7 @@ impl Writer {
                 time_ms: 0,
                 replica: &self.replica,
             };
-            canonical_response(stamp, facts, &mut self.time, &mut self.batch.bytes);
+            self.responses.write(stamp, facts, &mut self.batch.bytes);
         } else {
             let reload = decode_reload(facts);
             let stamp = Stamp {
