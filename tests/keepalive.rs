@@ -1,6 +1,6 @@
 //! HTTP/1.1 keep-alive connections between requests: the gateway lets its HTTP connection state
 //! go while a client connection is idle and starts it again with the next request
-//! (`server::serve_h1_plain`). These tests drive one client connection through idle pauses,
+//! (`server::serve_h1`). These tests drive one client connection through idle pauses,
 //! pipelining, split heads and bodies, upgrades and the drain, with raw bytes over TCP.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -175,6 +175,94 @@ async fn idle_keep_alive_connections_cost_little_memory() {
     drop(clients);
 }
 
+/// The same over TLS (HTTP/1.1): between requests the connection keeps its TLS session and
+/// lets hyper's state go (`server::serve_h1`), as a plain one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tls_keep_alive_connections_cost_little_memory() {
+    const CLIENTS: usize = 400;
+    let (up, _) = origin(|_req| async { Response::new(full("ok\n")) }).await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["portal.test".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::write(dir.path().join("certs/portal.test.crt"), cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("certs/portal.test.key"),
+        key.serialize_pem(),
+    )
+    .unwrap();
+    let gw = start(
+        &portal_toml(up, ""),
+        &format!(
+            "[proxy]\nworkers = 1\n[tls]\ncerts_dir = \"{}\"\n",
+            dir.path().join("certs").display()
+        ),
+    )
+    .await;
+    let https = gw.https.expect("https listener");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let request = b"GET / HTTP/1.1\r\nHost: portal.test\r\n\r\n";
+    let one = || async {
+        let tcp = TcpStream::connect(https).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("portal.test").unwrap();
+        let mut s = connector.connect(name, tcp).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.ends_with(b"ok\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "a response");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"));
+        s
+    };
+    let mut warm = Vec::new();
+    for _ in 0..50 {
+        warm.push(one().await);
+    }
+    drop(warm);
+    let before = settled_rss_kib(&gw).await;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(one().await);
+    }
+    let after = settled_rss_kib(&gw).await;
+    let per_client = (after.saturating_sub(before) * 1024) / CLIENTS as u64;
+    eprintln!(
+        "idle keep-alive HTTP/1.1 clients over TLS: RSS {before} KiB -> {after} KiB, {per_client} bytes per client ({CLIENTS} clients)"
+    );
+    assert!(
+        per_client < 16 * 1024,
+        "{per_client} bytes per idle TLS client"
+    );
+    // And they are still served.
+    for s in clients.iter_mut().take(20) {
+        s.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.ends_with(b"ok\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "a response");
+            got.extend_from_slice(&chunk[..n]);
+        }
+    }
+    drop(clients);
+}
+
 /// One HTTP/2 client announcing the largest windows, opening 256 streams for a large response
 /// each and then never reading its socket: the gateway's resident set grows by less than the
 /// memory model's bound (15 MiB with the default 32 KiB upstream reads; it was about 150 MB).

@@ -428,3 +428,201 @@ async fn a_broken_certificate_keeps_the_old_one_and_reports_it() {
         "{reg}"
     );
 }
+
+/// An origin answering `ok <path>` with a necessary and a statistical cookie.
+async fn path_origin() -> SocketAddr {
+    let (addr, _) = origin(|req: http::Request<hyper::body::Incoming>| async move {
+        Response::builder()
+            .header("set-cookie", "sessionid=s1; Secure")
+            .header("set-cookie", "_ga=2; Secure")
+            .body(full(format!("ok {}", req.uri().path())))
+            .unwrap()
+    })
+    .await;
+    addr
+}
+
+/// Reads one response (with a `Content-Length`) off a TLS stream, leaving any bytes after it in
+/// `pending`; `None` when the connection closes first (with or without close_notify).
+async fn next_response(s: &mut TlsStream<TcpStream>, pending: &mut Vec<u8>) -> Option<Raw> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = parse_response(&pending[..end + 4]).expect("a response head");
+            let len: usize = head.get("content-length").map_or(0, |v| v.parse().unwrap());
+            if pending.len() >= end + 4 + len {
+                let rest = pending.split_off(end + 4 + len);
+                let whole = std::mem::replace(pending, rest);
+                return parse_response(&whole);
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("a response or a close within 10 s")
+            .unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn get_line(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: portal.test\r\n\r\n")
+}
+
+/// HTTP/1.1 over TLS lets hyper's connection go between requests as plain HTTP/1.1 does
+/// (`server::serve_h1`): one TLS connection is served across pauses longer than the release
+/// delay, pipelined requests, and a head split by a pause, every response filtered.
+#[tokio::test]
+async fn one_tls_connection_serves_requests_across_idle_pauses() {
+    let ca = Ca::new("test CA");
+    let leaf = ca.leaf(&["portal.test"]);
+    let up = path_origin().await;
+    let t = TlsGateway::start(&[("portal.test", &leaf)], None, portal_toml(up, "")).await;
+    let mut s = connect(t.https(), "portal.test", true, &ca.pem, &[b"http/1.1"]).await;
+    let mut pending = Vec::new();
+    // Three times the release delay (a connection is let go one to two delays after its last
+    // request started): it is let go in every pause.
+    let pause = consent_gateway::edge::server::H1_RELEASE_AFTER * 3;
+    for i in 0..4 {
+        s.write_all(get_line(&format!("/r{i}")).as_bytes())
+            .await
+            .unwrap();
+        let r = next_response(&mut s, &mut pending)
+            .await
+            .expect("a response");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, format!("ok /r{i}").as_bytes());
+        assert_eq!(r.set_cookie_names(), vec!["sessionid"], "filtered");
+        tokio::time::sleep(pause).await;
+    }
+    // Three requests in one write, after an idle pause.
+    let three = format!("{}{}{}", get_line("/a"), get_line("/b"), get_line("/c"));
+    s.write_all(three.as_bytes()).await.unwrap();
+    for p in ["/a", "/b", "/c"] {
+        let r = next_response(&mut s, &mut pending)
+            .await
+            .expect("a response");
+        assert_eq!(r.body, format!("ok {p}").as_bytes());
+    }
+    tokio::time::sleep(pause).await;
+    // A head in two TLS records with a pause between them.
+    s.write_all(b"GET /split HTTP/1.1\r\n").await.unwrap();
+    s.flush().await.unwrap();
+    tokio::time::sleep(pause).await;
+    s.write_all(b"Host: portal.test\r\n\r\n").await.unwrap();
+    let r = next_response(&mut s, &mut pending)
+        .await
+        .expect("a response");
+    assert_eq!(r.body, b"ok /split");
+    assert_eq!(r.set_cookie_names(), vec!["sessionid"]);
+    assert!(pending.is_empty(), "no stray bytes");
+}
+
+/// An idle TLS connection is closed after `header_read_timeout` (counted from the end of its
+/// last response), and at once by the drain.
+#[tokio::test]
+async fn idle_tls_connections_close_after_header_read_timeout_and_at_the_drain() {
+    let ca = Ca::new("test CA");
+    let leaf = ca.leaf(&["portal.test"]);
+    let up = path_origin().await;
+    let t = TlsGateway::start_with(
+        &[("portal.test", &leaf)],
+        None,
+        portal_toml(up, ""),
+        "[limits]\nheader_read_timeout = \"1s\"\nshutdown_grace = \"20s\"\n",
+    )
+    .await;
+    let served = || async {
+        let mut s = connect(t.https(), "portal.test", true, &ca.pem, &[b"http/1.1"]).await;
+        let mut pending = Vec::new();
+        s.write_all(get_line("/").as_bytes()).await.unwrap();
+        let r = next_response(&mut s, &mut pending)
+            .await
+            .expect("a response");
+        assert_eq!(r.status, 200);
+        (s, pending)
+    };
+    let (mut quiet, mut pending) = served().await;
+    let start = std::time::Instant::now();
+    assert!(next_response(&mut quiet, &mut pending).await.is_none());
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+
+    let (mut idle, mut pending) = served().await;
+    tokio::time::sleep(consent_gateway::edge::server::H1_RELEASE_AFTER * 3).await;
+    let TlsGateway { gw, dir: _dir } = t;
+    gw.begin_shutdown();
+    let start = std::time::Instant::now();
+    assert_eq!(gw.wait().await, 0, "nothing had to be cut");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        next_response(&mut idle, &mut pending).await.is_none(),
+        "closed"
+    );
+}
+
+/// An upgrade (WebSocket) over TLS after kept-alive requests with idle pauses is tunnelled both
+/// ways.
+#[tokio::test]
+async fn an_upgrade_over_tls_after_idle_pauses_is_tunnelled() {
+    let (up, _) = origin(|mut req: http::Request<hyper::body::Incoming>| async move {
+        if req.headers().get("upgrade").is_none() {
+            return Response::new(full("plain"));
+        }
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Response::builder()
+            .status(101)
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .body(full(Bytes::new()))
+            .unwrap()
+    })
+    .await;
+    let ca = Ca::new("test CA");
+    let leaf = ca.leaf(&["portal.test"]);
+    let t = TlsGateway::start(&[("portal.test", &leaf)], None, portal_toml(up, "")).await;
+    let mut s = connect(t.https(), "portal.test", true, &ca.pem, &[b"http/1.1"]).await;
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        s.write_all(get_line("/").as_bytes()).await.unwrap();
+        let r = next_response(&mut s, &mut pending)
+            .await
+            .expect("a response");
+        assert_eq!(r.body, b"plain");
+        tokio::time::sleep(consent_gateway::edge::server::H1_RELEASE_AFTER * 3).await;
+    }
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: portal.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let r = next_response(&mut s, &mut pending).await.expect("a 101");
+    assert_eq!(r.status, 101);
+    s.write_all(b"echo me").await.unwrap();
+    let mut echo = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+        .await
+        .expect("echo within 5 s")
+        .unwrap();
+    assert_eq!(&echo, b"echo me");
+}

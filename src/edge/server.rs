@@ -18,9 +18,9 @@
 //!   request carries the verdict on its own head (paired as [`crate::edge::scanner`] explains)
 //!   for `proxy::checks::check_request`.
 //!
-//! Plain HTTP/1.1 connections hold no HTTP state while they wait for their next request
-//! ([`serve_h1_plain`]): hyper's connection, with its buffers, lives only while there is a request
-//! to read or a response to write.
+//! HTTP/1.1 connections, plain and over TLS, hold no HTTP state while they wait for their next
+//! request ([`serve_h1`]): hyper's connection, with its buffers, lives only while there is a
+//! request to read or a response to write.
 //!
 //! hyper answers a request its parser refuses (400, 431, 414) itself, with an empty body, before
 //! any handler runs; such a refusal is logged here with the access log's target and counted in
@@ -199,7 +199,7 @@ where
         .max_send_buf_size(H2_SEND_BUF)
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW);
-    // Plain connections share theirs (a new hyper connection is made from it for every busy
+    // HTTP/1 connections share theirs (a new hyper connection is made from it for every busy
     // period of a connection).
     let h1_plain = Arc::new(h1.clone());
     let h1_limits = H1Limits {
@@ -249,13 +249,13 @@ where
                     conns.spawn(async move {
                         let _permit = permit;
                         let _open = gauges;
-                        serve_h1_plain(stream, peer, handler, &h1, h1_limits, drain, metrics).await;
+                        let io = IdleIo::new(stream, h1_limits.idle);
+                        serve_h1(io, peer, handler, &h1, h1_limits, drain, metrics).await;
                     });
                     continue;
                 };
-                let (h1, h2) = (h1.clone(), h2.clone());
+                let (h1, h2) = (Arc::clone(&h1_plain), h2.clone());
                 let (idle, handshake) = (limits.idle_timeout, limits.header_read_timeout);
-                let max_head = limits.max_header_bytes;
                 conns.spawn(async move {
                     // Dropped in reverse: the permit is back before the gauges fall, so whoever
                     // sees a connection's close in the gauge can count on its permit.
@@ -278,10 +278,7 @@ where
                         let svc = service_h2(handler, peer, Arc::clone(&streams));
                         drive_h2(&h2, TokioIo::new(stream), svc, drain, peer, streams, idle, metrics).await;
                     } else {
-                        let (io, checks) = HeadCheck::new(stream, max_head);
-                        let (io, gate) = GateIo::new(io);
-                        let svc = H1Service::new(handler, peer, checks, gate);
-                        drive_h1(&h1, TokioIo::new(io), svc, drain, peer, metrics).await;
+                        serve_h1(stream, peer, handler, &h1, h1_limits, drain, metrics).await;
                     }
                 });
             }
@@ -365,7 +362,7 @@ const PROBE_MAX_HEAD: usize = 8192;
 
 /// The service of one HTTP/1 connection: each request carries its head verdict, a 101 stops the
 /// head scanner, and the response to the connection's [`MAX_REQUESTS_PER_CONNECTION`]th request
-/// closes it. It outlives the hyper connections of a client connection ([`serve_h1_plain`]), so
+/// closes it. It outlives the hyper connections of a client connection ([`serve_h1`]), so
 /// the count is the client connection's.
 pub struct H1Service<H> {
     handler: H,
@@ -474,7 +471,7 @@ pub const H1_WRITE_AHEAD: usize = 8 * 1024;
 
 /// What one HTTP/1 connection's socket ([`GateIo`]), its service and its response bodies share:
 /// the write-ahead bound ([`H1_WRITE_AHEAD`]), and what tells that the connection is idle
-/// between two requests, so that its hyper connection can be let go ([`serve_h1_plain`]).
+/// between two requests, so that its hyper connection can be let go ([`serve_h1`]).
 #[derive(Default)]
 pub struct WriteGate {
     /// Body bytes handed over minus bytes written (head and framing bytes written count too, so
@@ -543,6 +540,10 @@ impl<T> GateIo<T> {
 
     pub fn get_ref(&self) -> &T {
         &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
     }
 }
 
@@ -666,12 +667,42 @@ struct H1Limits {
 }
 
 /// How long a plain HTTP/1 connection may stay idle with its hyper connection (buffers and
-/// state) before that is let go ([`serve_h1_plain`]): between [`H1_RELEASE_AFTER`] and twice
+/// state) before that is let go ([`serve_h1`]): between [`H1_RELEASE_AFTER`] and twice
 /// that after its last request started. A client whose next request follows within that keeps
 /// its hyper connection, and costs nothing more per request than with a long-lived one.
 pub const H1_RELEASE_AFTER: Duration = Duration::from_millis(20);
 
-/// Serves a plain HTTP/1 connection, holding no HTTP buffer while it waits between requests.
+/// A connection whose next bytes can be waited for without hyper ([`serve_h1`]).
+pub trait ReadReady {
+    /// Ready when a read would not wait: the socket has bytes, or bytes were already taken off
+    /// it and are held above it.
+    fn poll_read_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl ReadReady for IdleIo<TcpStream> {
+    fn poll_read_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_ref().poll_read_ready(cx)
+    }
+}
+
+impl ReadReady for tokio_rustls::server::TlsStream<IdleIo<TcpStream>> {
+    fn poll_read_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        let (io, tls) = self.get_mut();
+        // rustls decrypts every whole record it has read. hyper is let go only after its last
+        // read found nothing (which tokio-rustls says only when rustls holds no plaintext), so
+        // this is a safeguard: plaintext, a close_notify or an error already held is for a
+        // read to see now, not after the socket's next bytes.
+        match tls.process_new_packets() {
+            Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {
+                io.get_ref().poll_read_ready(cx)
+            }
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Serves an HTTP/1 connection, plain or over TLS, holding no HTTP buffer while it waits between
+/// requests.
 ///
 /// hyper keeps an 8 KiB read buffer and an 8 KiB write buffer (and its connection state) for as
 /// long as its connection lives, idle keep-alive ones included. Here a hyper connection only
@@ -680,15 +711,16 @@ pub const H1_RELEASE_AFTER: Duration = Duration::from_millis(20);
 /// request started meanwhile, none in flight, its response flushed, every byte read belonging to
 /// a complete request, and hyper waiting for more. The socket (with the head scanner, the write
 /// gate and the service, which keep the connection's state) then waits for readability on its
-/// own, and the next request gets a new hyper connection. Between requests a connection costs
-/// its task, its socket and its timers (about 2 KiB) instead of about 17 KiB.
+/// own ([`ReadReady`]), and the next request gets a new hyper connection. Between requests a plain
+/// connection costs its task, its socket and its timers (about 2 KiB) instead of about 17 KiB; a
+/// TLS one keeps its rustls session besides.
 ///
 /// The limits are those of a long-lived hyper connection: the wait for the next request head
 /// (idle, then reading it) is bounded by `header_read_timeout` from the end of the previous
 /// response (and by `idle_timeout`); the drain closes an idle connection at once and lets a busy
 /// one finish its request; a request that may switch protocols keeps its hyper connection.
-async fn serve_h1_plain<H, F>(
-    stream: TcpStream,
+async fn serve_h1<T, H, F>(
+    io: T,
     peer: SocketAddr,
     handler: H,
     builder: &http1::Builder,
@@ -696,10 +728,10 @@ async fn serve_h1_plain<H, F>(
     mut drain: watch::Receiver<bool>,
     metrics: Option<Arc<Metrics>>,
 ) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + Unpin + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + Unpin + 'static,
 {
-    let io = IdleIo::new(stream, limits.idle);
     let (io, checks) = HeadCheck::new(io, limits.max_head);
     let (io, gate) = GateIo::new(io);
     let mut svc = H1Service::new(handler, peer, checks.clone(), Arc::clone(&gate));
@@ -717,7 +749,7 @@ async fn serve_h1_plain<H, F>(
     let timer = tokio::time::sleep_until(since + idle_limit);
     tokio::pin!(timer);
     loop {
-        let socket = io.get_ref().get_ref().get_ref();
+        let socket = io.get_mut().get_mut();
         let woken = std::future::poll_fn(|cx| {
             if stop.requested(cx) {
                 return Poll::Ready(Idle::Drain);
@@ -737,13 +769,17 @@ async fn serve_h1_plain<H, F>(
         .await;
         match woken {
             Idle::Readable(Ok(())) => {}
-            Idle::Drain => return,
+            Idle::Drain => {
+                close_idle(&mut io).await;
+                return;
+            }
             Idle::Readable(Err(e)) => {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
                 return;
             }
             Idle::TimedOut => {
                 tracing::debug!(peer = %peer, "request head not received within header_read_timeout: connection closed");
+                close_idle(&mut io).await;
                 return;
             }
         }
@@ -781,14 +817,25 @@ async fn serve_h1_plain<H, F>(
     }
 }
 
-/// What ended an idle wait of [`serve_h1_plain`].
+/// Closes a connection of [`serve_h1`] that waits for its next request, as hyper closes an idle
+/// one: a TLS connection sends its close_notify, and the socket its FIN. At most for
+/// [`CLOSE_IDLE_WITHIN`]: a client that does not read its socket cannot hold the close.
+async fn close_idle<T: tokio::io::AsyncWrite + Unpin>(io: &mut T) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(CLOSE_IDLE_WITHIN, io.shutdown()).await;
+}
+
+/// See [`close_idle`].
+const CLOSE_IDLE_WITHIN: Duration = Duration::from_secs(1);
+
+/// What ended an idle wait of [`serve_h1`].
 enum Idle {
     Readable(std::io::Result<()>),
     Drain,
     TimedOut,
 }
 
-/// The drain, as a connection of [`serve_h1_plain`] waits for it all its life.
+/// The drain, as a connection of [`serve_h1`] waits for it all its life.
 struct Stop<'a, F> {
     fut: std::pin::Pin<&'a mut F>,
     requested: bool,
@@ -804,7 +851,7 @@ impl<F: Future<Output = ()>> Stop<'_, F> {
     }
 }
 
-/// The hyper connection of [`serve_h1_plain`], at one of its stages.
+/// The hyper connection of [`serve_h1`], at one of its stages.
 enum Stage<I, S>
 where
     S: hyper::service::HttpService<Incoming>,
@@ -818,7 +865,7 @@ where
     Done,
 }
 
-/// Drives one hyper connection of [`serve_h1_plain`] until it is idle (returns its parts: the
+/// Drives one hyper connection of [`serve_h1`] until it is idle (returns its parts: the
 /// socket and the service) or ends (returns `None`).
 async fn drive_exchange<I, H, F, D>(
     conn: http1::Connection<I, H1Service<H>>,
@@ -916,38 +963,6 @@ where
         }
     })
     .await
-}
-
-/// Serves HTTP/1.1 (with upgrades) on one connection until it ends or the drain asks it to stop
-/// after its in-flight request.
-async fn drive_h1<I, S>(
-    builder: &http1::Builder,
-    io: I,
-    svc: S,
-    mut drain: watch::Receiver<bool>,
-    peer: SocketAddr,
-    metrics: Option<Arc<Metrics>>,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<Incoming, ResBody = GatedBody> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let conn = builder.serve_connection(io, svc).with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                h1_connection_error(&e, peer, metrics.as_deref());
-            }
-        }
-        () = shutdown_requested(&mut drain) => {
-            conn.as_mut().graceful_shutdown();
-            if let Err(e) = conn.await {
-                h1_connection_error(&e, peer, metrics.as_deref());
-            }
-        }
-    }
 }
 
 /// Logs how an HTTP/1 connection failed. A request head hyper's parser refused was answered by

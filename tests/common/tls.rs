@@ -73,6 +73,16 @@ impl TlsGateway {
         default: Option<&str>,
         host_file: String,
     ) -> TlsGateway {
+        TlsGateway::start_with(certs, default, host_file, "").await
+    }
+
+    /// [`TlsGateway::start`] with `extra` appended to gateway.toml (e.g. a `[limits]` table).
+    pub async fn start_with(
+        certs: &[(&str, &Leaf)],
+        default: Option<&str>,
+        host_file: String,
+        extra: &str,
+    ) -> TlsGateway {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("certs")).unwrap();
         std::fs::create_dir(dir.path().join("hosts")).unwrap();
@@ -85,7 +95,7 @@ impl TlsGateway {
             .unwrap_or_default();
         std::fs::write(
             dir.path().join("gateway.toml"),
-            format!("[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\ncerts_dir = \"certs\"\n{default}[registry]\ndir = \"hosts\"\npoll_interval = \"1h\"\n"),
+            format!("[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[tls]\ncerts_dir = \"certs\"\n{default}[registry]\ndir = \"hosts\"\npoll_interval = \"1h\"\n{extra}"),
         )
         .unwrap();
         let (cfg, registry) = load(&dir.path().join("gateway.toml")).unwrap();
