@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -48,34 +47,6 @@ async fn recording_origin() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     })
     .await;
     (addr, seen)
-}
-
-/// Reads one response (with a `Content-Length`) off `s`; `None` when the connection closes first.
-async fn read_response(s: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Raw> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = parse_response(&pending[..end + 4]).expect("a response head");
-            let len: usize = head.get("content-length").map_or(0, |v| v.parse().unwrap());
-            if pending.len() >= end + 4 + len {
-                let rest = pending.split_off(end + 4 + len);
-                let whole = std::mem::replace(pending, rest);
-                return parse_response(&whole);
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .expect("a response within 10 s")
-            .unwrap_or(0);
-        if n == 0 {
-            return None;
-        }
-        pending.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn get_line(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: portal.test\r\n\r\n")
 }
 
 #[tokio::test]
@@ -188,30 +159,7 @@ async fn the_unread_rest_of_a_refused_body_is_never_a_request() {
 
 #[tokio::test]
 async fn an_upgrade_after_kept_alive_requests_is_tunnelled() {
-    let (up, _) = origin(|mut req| async move {
-        if req.headers().get("upgrade").is_none() {
-            return Response::new(full("plain"));
-        }
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            if let Ok(upgraded) = on.await {
-                let mut io = hyper_util::rt::TokioIo::new(upgraded);
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = io.read(&mut buf).await {
-                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Response::builder()
-            .status(101)
-            .header("connection", "Upgrade")
-            .header("upgrade", "websocket")
-            .body(full(Bytes::new()))
-            .unwrap()
-    })
-    .await;
+    let up = echo_upgrade_origin().await;
     let gw = gateway("", &[("p.toml", portal_toml(up, ""))]).await;
     let mut s = TcpStream::connect(gw.http_addr.unwrap()).await.unwrap();
     let mut pending = Vec::new();
@@ -223,11 +171,7 @@ async fn an_upgrade_after_kept_alive_requests_is_tunnelled() {
         assert_eq!(r.body, b"plain");
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: portal.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    s.write_all(WEBSOCKET_UPGRADE).await.unwrap();
     let r = read_response(&mut s, &mut pending).await.expect("a 101");
     assert_eq!(r.status, 101);
     s.write_all(b"echo me").await.unwrap();

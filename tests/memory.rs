@@ -51,6 +51,60 @@ async fn settled_rss_kib(gw: &Binary) -> u64 {
     }
 }
 
+/// The gateway binary with an https listener (a self-signed certificate for `portal.test`) in
+/// front of `up`, one worker, and a client connector that trusts it and offers `alpn`. The
+/// directory holds the certificate: keep it while the gateway runs.
+async fn start_tls(
+    up: SocketAddr,
+    alpn: &[u8],
+) -> (Binary, tokio_rustls::TlsConnector, tempfile::TempDir) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["portal.test".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::write(dir.path().join("certs/portal.test.crt"), cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("certs/portal.test.key"),
+        key.serialize_pem(),
+    )
+    .unwrap();
+    let gw = start(
+        &portal_toml(up, ""),
+        &format!(
+            "[proxy]\nworkers = 1\n[tls]\ncerts_dir = \"{}\"\n",
+            dir.path().join("certs").display()
+        ),
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    (gw, connector, dir)
+}
+
+/// Connects to the gateway's https listener as `portal.test`.
+async fn connect_tls(
+    gw: &Binary,
+    connector: &tokio_rustls::TlsConnector,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(gw.https.expect("https listener"))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("portal.test").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
 /// An origin whose every response is 32 MiB, sent as fast as the gateway takes it.
 async fn big_origin() -> SocketAddr {
     let (addr, _) = origin(|_req| async {
@@ -135,130 +189,90 @@ async fn stalled_http1_clients(limits: &str) -> u64 {
 /// Idle HTTP/1.1 keep-alive connections, each of which has served one request: the gateway's
 /// resident set grows by less than 8 KiB per connection (it was about 20 KiB: hyper's read and
 /// write buffers stayed allocated for the life of the connection).
+/// Sends `GET /` on a kept-alive connection and reads its `ok` response.
+async fn get_ok<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S) {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: portal.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.ends_with(b"ok\n") {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "a response");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+}
+
+/// What `clients` idle keep-alive connections cost the gateway, in bytes each: each opened by
+/// `open` and served one `GET /`, after 50 opened and closed to warm up (allocator arenas, the
+/// upstream pool). Returns the connections, still open.
+async fn idle_cost<S, F, Fut>(
+    gw: &Binary,
+    clients: usize,
+    label: &str,
+    mut open: F,
+) -> (u64, Vec<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    let mut warm = Vec::new();
+    for _ in 0..50 {
+        let mut s = open().await;
+        get_ok(&mut s).await;
+        warm.push(s);
+    }
+    drop(warm);
+    let before = settled_rss_kib(gw).await;
+    let mut held = Vec::new();
+    for _ in 0..clients {
+        let mut s = open().await;
+        get_ok(&mut s).await;
+        held.push(s);
+    }
+    let after = settled_rss_kib(gw).await;
+    let per_client = (after.saturating_sub(before) * 1024) / clients as u64;
+    eprintln!(
+        "idle keep-alive {label} clients: RSS {before} KiB -> {after} KiB, {per_client} bytes per client ({clients} clients)"
+    );
+    (per_client, held)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_cost_little_memory() {
     // Few enough to fit a default open-files limit of 1024, in this process and the gateway's.
     const CLIENTS: usize = 400;
     let (up, _) = origin(|_req| async { Response::new(full("ok\n")) }).await;
     let gw = start(&portal_toml(up, ""), "[proxy]\nworkers = 1\n").await;
-    let request = b"GET / HTTP/1.1\r\nHost: portal.test\r\n\r\n";
-    let one = |addr| async move {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(request).await.unwrap();
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !got.ends_with(b"ok\n") {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "a response");
-            got.extend_from_slice(&chunk[..n]);
-        }
-        assert!(got.starts_with(b"HTTP/1.1 200"));
-        s
-    };
-    // Warm up: allocator arenas, the upstream pool, the first connections.
-    let mut warm = Vec::new();
-    for _ in 0..50 {
-        warm.push(one(gw.http).await);
-    }
-    drop(warm);
-    let before = settled_rss_kib(&gw).await;
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        clients.push(one(gw.http).await);
-    }
-    let after = settled_rss_kib(&gw).await;
-    let per_client = (after.saturating_sub(before) * 1024) / CLIENTS as u64;
-    eprintln!(
-        "idle keep-alive HTTP/1.1 clients: RSS {before} KiB -> {after} KiB, {per_client} bytes per client ({CLIENTS} clients)"
-    );
+    let (per_client, clients) = idle_cost(&gw, CLIENTS, "HTTP/1.1", || async {
+        TcpStream::connect(gw.http).await.unwrap()
+    })
+    .await;
     assert!(per_client < 8 * 1024, "{per_client} bytes per idle client");
     drop(clients);
 }
 
 /// The same over TLS (HTTP/1.1): between requests the connection keeps its TLS session and
-/// lets hyper's state go (`server::serve_h1`), as a plain one does.
+/// lets hyper's state go (`server::serve_h1`), as a plain one does (22 KiB a connection when
+/// hyper's state stayed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tls_keep_alive_connections_cost_little_memory() {
     const CLIENTS: usize = 400;
     let (up, _) = origin(|_req| async { Response::new(full("ok\n")) }).await;
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["portal.test".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("certs")).unwrap();
-    std::fs::write(dir.path().join("certs/portal.test.crt"), cert.pem()).unwrap();
-    std::fs::write(
-        dir.path().join("certs/portal.test.key"),
-        key.serialize_pem(),
-    )
-    .unwrap();
-    let gw = start(
-        &portal_toml(up, ""),
-        &format!(
-            "[proxy]\nworkers = 1\n[tls]\ncerts_dir = \"{}\"\n",
-            dir.path().join("certs").display()
-        ),
-    )
+    let (gw, connector, _certs) = start_tls(up, b"http/1.1").await;
+    let (per_client, mut clients) = idle_cost(&gw, CLIENTS, "HTTP/1.1 over TLS", || {
+        connect_tls(&gw, &connector)
+    })
     .await;
-    let https = gw.https.expect("https listener");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
-    let request = b"GET / HTTP/1.1\r\nHost: portal.test\r\n\r\n";
-    let one = || async {
-        let tcp = TcpStream::connect(https).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("portal.test").unwrap();
-        let mut s = connector.connect(name, tcp).await.unwrap();
-        s.write_all(request).await.unwrap();
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !got.ends_with(b"ok\n") {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "a response");
-            got.extend_from_slice(&chunk[..n]);
-        }
-        assert!(got.starts_with(b"HTTP/1.1 200"));
-        s
-    };
-    let mut warm = Vec::new();
-    for _ in 0..50 {
-        warm.push(one().await);
-    }
-    drop(warm);
-    let before = settled_rss_kib(&gw).await;
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        clients.push(one().await);
-    }
-    let after = settled_rss_kib(&gw).await;
-    let per_client = (after.saturating_sub(before) * 1024) / CLIENTS as u64;
-    eprintln!(
-        "idle keep-alive HTTP/1.1 clients over TLS: RSS {before} KiB -> {after} KiB, {per_client} bytes per client ({CLIENTS} clients)"
-    );
     assert!(
         per_client < 16 * 1024,
         "{per_client} bytes per idle TLS client"
     );
     // And they are still served.
     for s in clients.iter_mut().take(20) {
-        s.write_all(request).await.unwrap();
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !got.ends_with(b"ok\n") {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "a response");
-            got.extend_from_slice(&chunk[..n]);
-        }
+        get_ok(s).await;
     }
     drop(clients);
 }
@@ -270,52 +284,14 @@ async fn idle_tls_keep_alive_connections_cost_little_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_http2_streams_cost_little_memory() {
     let up = big_origin().await;
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["portal.test".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("certs")).unwrap();
-    std::fs::write(dir.path().join("certs/portal.test.crt"), cert.pem()).unwrap();
-    std::fs::write(
-        dir.path().join("certs/portal.test.key"),
-        key.serialize_pem(),
-    )
-    .unwrap();
-    let gw = start(
-        &portal_toml(up, ""),
-        &format!(
-            "[proxy]\nworkers = 1\n[tls]\ncerts_dir = \"{}\"\n",
-            dir.path().join("certs").display()
-        ),
-    )
-    .await;
-    let https = gw.https.expect("https listener");
+    let (gw, connector, _certs) = start_tls(up, b"h2").await;
     for _ in 0..3 {
         let r = get(gw.http, "portal.test", "/warm", "").await;
         assert_eq!(r.body.len(), 32 << 20);
     }
     let before = settled_rss_kib(&gw).await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(https).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(
-            rustls::pki_types::ServerName::try_from("portal.test").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let tls = connect_tls(&gw, &connector).await;
     let (mut send, conn) = h2::client::Builder::new()
         .initial_window_size(u32::MAX >> 1)
         .initial_connection_window_size(u32::MAX >> 1)

@@ -442,35 +442,6 @@ async fn path_origin() -> SocketAddr {
     addr
 }
 
-/// Reads one response (with a `Content-Length`) off a TLS stream, leaving any bytes after it in
-/// `pending`; `None` when the connection closes first (with or without close_notify).
-async fn next_response(s: &mut TlsStream<TcpStream>, pending: &mut Vec<u8>) -> Option<Raw> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = parse_response(&pending[..end + 4]).expect("a response head");
-            let len: usize = head.get("content-length").map_or(0, |v| v.parse().unwrap());
-            if pending.len() >= end + 4 + len {
-                let rest = pending.split_off(end + 4 + len);
-                let whole = std::mem::replace(pending, rest);
-                return parse_response(&whole);
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .expect("a response or a close within 10 s")
-            .unwrap_or(0);
-        if n == 0 {
-            return None;
-        }
-        pending.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn get_line(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: portal.test\r\n\r\n")
-}
-
 /// HTTP/1.1 over TLS lets hyper's connection go between requests as plain HTTP/1.1 does
 /// (`server::serve_h1`): one TLS connection is served across pauses longer than the release
 /// delay, pipelined requests, and a head split by a pause, every response filtered.
@@ -489,7 +460,7 @@ async fn one_tls_connection_serves_requests_across_idle_pauses() {
         s.write_all(get_line(&format!("/r{i}")).as_bytes())
             .await
             .unwrap();
-        let r = next_response(&mut s, &mut pending)
+        let r = read_response(&mut s, &mut pending)
             .await
             .expect("a response");
         assert_eq!(r.status, 200);
@@ -501,7 +472,7 @@ async fn one_tls_connection_serves_requests_across_idle_pauses() {
     let three = format!("{}{}{}", get_line("/a"), get_line("/b"), get_line("/c"));
     s.write_all(three.as_bytes()).await.unwrap();
     for p in ["/a", "/b", "/c"] {
-        let r = next_response(&mut s, &mut pending)
+        let r = read_response(&mut s, &mut pending)
             .await
             .expect("a response");
         assert_eq!(r.body, format!("ok {p}").as_bytes());
@@ -512,7 +483,7 @@ async fn one_tls_connection_serves_requests_across_idle_pauses() {
     s.flush().await.unwrap();
     tokio::time::sleep(pause).await;
     s.write_all(b"Host: portal.test\r\n\r\n").await.unwrap();
-    let r = next_response(&mut s, &mut pending)
+    let r = read_response(&mut s, &mut pending)
         .await
         .expect("a response");
     assert_eq!(r.body, b"ok /split");
@@ -538,7 +509,7 @@ async fn idle_tls_connections_close_after_header_read_timeout_and_at_the_drain()
         let mut s = connect(t.https(), "portal.test", true, &ca.pem, &[b"http/1.1"]).await;
         let mut pending = Vec::new();
         s.write_all(get_line("/").as_bytes()).await.unwrap();
-        let r = next_response(&mut s, &mut pending)
+        let r = read_response(&mut s, &mut pending)
             .await
             .expect("a response");
         assert_eq!(r.status, 200);
@@ -546,7 +517,7 @@ async fn idle_tls_connections_close_after_header_read_timeout_and_at_the_drain()
     };
     let (mut quiet, mut pending) = served().await;
     let start = std::time::Instant::now();
-    assert!(next_response(&mut quiet, &mut pending).await.is_none());
+    assert!(read_response(&mut quiet, &mut pending).await.is_none());
     let waited = start.elapsed();
     assert!(
         waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
@@ -565,7 +536,7 @@ async fn idle_tls_connections_close_after_header_read_timeout_and_at_the_drain()
         start.elapsed()
     );
     assert!(
-        next_response(&mut idle, &mut pending).await.is_none(),
+        read_response(&mut idle, &mut pending).await.is_none(),
         "closed"
     );
 }
@@ -574,30 +545,7 @@ async fn idle_tls_connections_close_after_header_read_timeout_and_at_the_drain()
 /// ways.
 #[tokio::test]
 async fn an_upgrade_over_tls_after_idle_pauses_is_tunnelled() {
-    let (up, _) = origin(|mut req: http::Request<hyper::body::Incoming>| async move {
-        if req.headers().get("upgrade").is_none() {
-            return Response::new(full("plain"));
-        }
-        let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            if let Ok(upgraded) = on.await {
-                let mut io = TokioIo::new(upgraded);
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = io.read(&mut buf).await {
-                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Response::builder()
-            .status(101)
-            .header("connection", "Upgrade")
-            .header("upgrade", "websocket")
-            .body(full(Bytes::new()))
-            .unwrap()
-    })
-    .await;
+    let up = echo_upgrade_origin().await;
     let ca = Ca::new("test CA");
     let leaf = ca.leaf(&["portal.test"]);
     let t = TlsGateway::start(&[("portal.test", &leaf)], None, portal_toml(up, "")).await;
@@ -605,18 +553,14 @@ async fn an_upgrade_over_tls_after_idle_pauses_is_tunnelled() {
     let mut pending = Vec::new();
     for _ in 0..2 {
         s.write_all(get_line("/").as_bytes()).await.unwrap();
-        let r = next_response(&mut s, &mut pending)
+        let r = read_response(&mut s, &mut pending)
             .await
             .expect("a response");
         assert_eq!(r.body, b"plain");
         tokio::time::sleep(consent_gateway::edge::server::H1_RELEASE_AFTER * 3).await;
     }
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: portal.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let r = next_response(&mut s, &mut pending).await.expect("a 101");
+    s.write_all(WEBSOCKET_UPGRADE).await.unwrap();
+    let r = read_response(&mut s, &mut pending).await.expect("a 101");
     assert_eq!(r.status, 101);
     s.write_all(b"echo me").await.unwrap();
     let mut echo = [0u8; 7];

@@ -250,6 +250,73 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str, headers: &str) -> Raw
     raw(addr, req.as_bytes()).await
 }
 
+/// Reads one response (with a `Content-Length`) off a kept-alive connection, plain or TLS,
+/// leaving any bytes after it in `pending`; `None` when the connection closes first (a read
+/// error counts as a close: a TLS peer may close without close_notify).
+pub async fn read_response<S>(s: &mut S, pending: &mut Vec<u8>) -> Option<Raw>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = parse_response(&pending[..end + 4]).expect("a response head");
+            let len: usize = head.get("content-length").map_or(0, |v| v.parse().unwrap());
+            if pending.len() >= end + 4 + len {
+                let rest = pending.split_off(end + 4 + len);
+                let whole = std::mem::replace(pending, rest);
+                return parse_response(&whole);
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("a response or a close within 10 s")
+            .unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A kept-alive `GET path` for `portal.test`.
+pub fn get_line(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: portal.test\r\n\r\n")
+}
+
+/// The request line and headers of a WebSocket upgrade of `/ws` for `portal.test`.
+pub const WEBSOCKET_UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: portal.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// An origin that answers `plain` to a request without `Upgrade`, and `101` to one with it,
+/// then echoes what comes through the tunnel.
+pub async fn echo_upgrade_origin() -> SocketAddr {
+    let (addr, _) = origin(|mut req: Request<Incoming>| async move {
+        if req.headers().get("upgrade").is_none() {
+            return Response::new(full("plain"));
+        }
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Response::builder()
+            .status(101)
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .body(full(Bytes::new()))
+            .unwrap()
+    })
+    .await;
+    addr
+}
+
 pub fn parse_response(buf: &[u8]) -> Option<Raw> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&buf[..end]).ok()?;
