@@ -13,12 +13,15 @@
 # +10, its admin on +1010), KEEP=1 keeps the callgrind files for callgrind_annotate, AUDIT=1 turns
 # the audit log on (to a file in the scratch dir, as run.sh's gateway-audit does), so that the
 # writer thread's work is counted too: the audit log's cost per request, free of the noise.
+# TLS=1 sends the requests over TLS (HTTP/1.1) to an https listener on +11 with development
+# certificates (certs/make-dev-certs.sh into the scratch dir; needs openssl): TLS keep-alive
+# requests, the handshakes of the 16 connections cancelling out as start-up does.
 set -euo pipefail
 BIN=${1:?binary}; N=${2:-4000}
 PORT_BASE=${PORT_BASE:-18080}
 PATH_=${PATH_:-/}
 HERE=$(cd "$(dirname "$0")" && pwd)
-UP=$PORT_BASE; GW=$((PORT_BASE + 10)); ADMIN=$((PORT_BASE + 1010))
+UP=$PORT_BASE; GW=$((PORT_BASE + 10)); GW_TLS=$((PORT_BASE + 11)); ADMIN=$((PORT_BASE + 1010))
 COOKIE='cookies_preferences=%7B%22necessary%22%3Atrue%2C%22statistical%22%3Afalse%2C%22marketing%22%3Afalse%7D; sessionid=abc'
 OUT=$(mktemp -d)
 chmod 755 "$OUT"   # nginx workers run as nobody when started by root
@@ -34,6 +37,14 @@ mkdir -p "$OUT/up/tmp" "$OUT/up/www" "$OUT/gw/hosts"
 ports "$HERE/upstream.conf" "$OUT/up.conf"
 ports "$HERE/gateway/gateway.toml" "$OUT/gw/gateway.toml"
 for f in "$HERE"/gateway/hosts/*.toml; do ports "$f" "$OUT/gw/hosts/$(basename "$f")"; done
+URL="http://127.0.0.1:$GW$PATH_"
+if [ "${TLS:-0}" = 1 ]; then
+  CERTS_DIR="$OUT/certs" bash "$HERE/../certs/make-dev-certs.sh" > "$OUT/certs.log" 2>&1 \
+    || { cat "$OUT/certs.log" >&2; exit 1; }
+  sed -i "/^http = /a https = \"127.0.0.1:$GW_TLS\"" "$OUT/gw/gateway.toml"
+  printf '\n[tls]\ncerts_dir = "%s"\ndefault_cert = "default"\n' "$OUT/certs" >> "$OUT/gw/gateway.toml"
+  URL="https://127.0.0.1:$GW_TLS$PATH_"
+fi
 if [ "${AUDIT:-0}" = 1 ]; then
   mkdir -p "$OUT/audit"
   printf '\n[audit]\npath = "%s"\n' "$OUT/audit/audit.jsonl" >> "$OUT/gw/gateway.toml"
@@ -54,7 +65,7 @@ run() { # requests -> total Ir
     curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$GW/plain" && break
     sleep 0.2
   done
-  h2load --h1 -n "$n" -c 16 -H "Cookie: $COOKIE" "http://127.0.0.1:$GW$PATH_" > "$OUT/h2load.$n" 2>&1
+  h2load --h1 -n "$n" -c 16 -H "Cookie: $COOKIE" "$URL" > "$OUT/h2load.$n" 2>&1
   kill -TERM "$pid"; wait "$pid" || true
   if [ "${AUDIT:-0}" = 1 ]; then
     # Every request must have left its record; the next run starts a chain of its own.
