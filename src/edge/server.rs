@@ -201,7 +201,7 @@ where
         .initial_connection_window_size(H2_CONNECTION_WINDOW);
     // HTTP/1 connections share theirs (a new hyper connection is made from it for every busy
     // period of a connection).
-    let h1_plain = Arc::new(h1.clone());
+    let h1_shared = Arc::new(h1.clone());
     let h1_limits = H1Limits {
         header_read: limits.header_read_timeout,
         idle: limits.idle_timeout,
@@ -245,7 +245,7 @@ where
                 let metrics = metrics.clone();
                 let gauges = OpenGuard::new([open_gauge.clone(), worker_gauge.clone()]);
                 let Some(acceptor) = tls.clone() else {
-                    let h1 = Arc::clone(&h1_plain);
+                    let h1 = Arc::clone(&h1_shared);
                     conns.spawn(async move {
                         let _permit = permit;
                         let _open = gauges;
@@ -254,7 +254,7 @@ where
                     });
                     continue;
                 };
-                let (h1, h2) = (Arc::clone(&h1_plain), h2.clone());
+                let (h1, h2) = (Arc::clone(&h1_shared), h2.clone());
                 let (idle, handshake) = (limits.idle_timeout, limits.header_read_timeout);
                 conns.spawn(async move {
                     // Dropped in reverse: the permit is back before the gauges fall, so whoever
@@ -666,7 +666,7 @@ struct H1Limits {
     max_head: usize,
 }
 
-/// How long a plain HTTP/1 connection may stay idle with its hyper connection (buffers and
+/// How long an HTTP/1 connection may stay idle with its hyper connection (buffers and
 /// state) before that is let go ([`serve_h1`]): between [`H1_RELEASE_AFTER`] and twice
 /// that after its last request started. A client whose next request follows within that keeps
 /// its hyper connection, and costs nothing more per request than with a long-lived one.
