@@ -6,6 +6,9 @@
 //!   and the 7 headers' names, categories and verdicts.
 //! - `seal_7`: what the writer thread does with it besides `write(2)`: stamp, serialize
 //!   canonically (its own serializer, from the draft), hash and seal one line onto the batch.
+//! - `seal_7_repeat`: `seal_7` as the writer does it (`ResponseWriter`) when the record repeats
+//!   the previous one's fields (the same page under the same consent): they are copied, not
+//!   serialized again.
 //! - `seal_7_serde`: the same record through serde_json (`canonical_event` + `seal`), the
 //!   reference serialization `seal_7` must equal (and what the writer did before).
 //! - `record_7_queue`: building the draft and `Sink::response` into a queue the writer drains to
@@ -20,7 +23,7 @@ use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
-use consent_gateway::audit::compact::{canonical_response, TimeText};
+use consent_gateway::audit::compact::{canonical_response, ResponseWriter, TimeText};
 use consent_gateway::audit::record::{canonical_event, seal, seal_onto, Stamp};
 use consent_gateway::audit::{
     Audit, ConsentFacts, CookieFacts, Event, ResponseDraft, ResponseFacts, ResponseHead,
@@ -137,6 +140,17 @@ fn bench(c: &mut Criterion) {
             black_box(seal_onto(&mut batch, prev.as_bytes(), &canonical))
         })
     });
+    let mut writer = ResponseWriter::default();
+    c.bench_function("seal_7_repeat", |b| {
+        b.iter(|| {
+            canonical.clear();
+            writer.write(stamp, black_box(d.bytes()), &mut canonical);
+            if batch.len() > 1 << 20 {
+                batch.clear();
+            }
+            black_box(seal_onto(&mut batch, prev.as_bytes(), &canonical))
+        })
+    });
     let event = facts(&headers, &spec, &consent);
     c.bench_function("seal_7_serde", |b| {
         b.iter(|| {
@@ -152,6 +166,9 @@ fn bench(c: &mut Criterion) {
         canonical_event(stamp, &event),
         "seal_7 and seal_7_serde differ"
     );
+    let mut repeated = Vec::new();
+    writer.write(stamp, d.bytes(), &mut repeated);
+    assert_eq!(repeated, canonical, "seal_7_repeat and seal_7 differ");
     let dir = std::env::temp_dir().join(format!(
         "consent-gateway-bench-audit-{}",
         std::process::id()
