@@ -431,30 +431,15 @@ const PLAIN: [bool; 256] = {
     t
 };
 
-/// Whether every byte of `s` is [`PLAIN`]: the common case, checked eight bytes at a time.
+/// Whether every byte of `s` is [`PLAIN`]: the common case, checked eight bytes at a time
+/// ([`crate::policy::scan`]).
 #[inline]
 fn is_plain(s: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = ONES * 0x80;
-    let mut words = s.chunks_exact(8);
-    for word in &mut words {
-        // (Always 8 bytes; a 0 would only send `s` the slow way.)
-        let x = <[u8; 8]>::try_from(word).map_or(0, u64::from_le_bytes);
-        // `(v - n * ONES) & !v` has a byte's high bit set if and only if some byte of `v` is
-        // below `n` (for n <= 0x80; which byte may be off, whether any is is exact): bytes
-        // below 0x20, bytes equal to `"` or `\` (zero after the xor), and x's own high bits
-        // for non-ASCII.
-        let quote = x ^ (ONES * u64::from(b'"'));
-        let backslash = x ^ (ONES * u64::from(b'\\'));
-        let odd = x
-            | (x.wrapping_sub(ONES * 0x20) & !x)
-            | (quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash);
-        if odd & HIGH != 0 {
-            return false;
-        }
-    }
-    words.remainder().iter().all(|&b| PLAIN[usize::from(b)])
+    use crate::policy::scan::{has_byte, has_byte_below, has_high_byte, skip_words};
+    let at = skip_words(s, |w| {
+        has_high_byte(w) | has_byte_below(w, 0x20) | has_byte(w, b'"') | has_byte(w, b'\\')
+    });
+    s[at..].iter().all(|&b| PLAIN[usize::from(b)])
 }
 
 /// [`put_str`] of a string that needs escaping (or U+FFFD).

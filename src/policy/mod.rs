@@ -15,4 +15,5 @@ pub mod jar;
 pub mod page;
 pub mod registry;
 pub mod request_cookies;
+pub mod scan;
 pub mod set_cookie;

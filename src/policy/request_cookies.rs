@@ -4,6 +4,8 @@
 //! headers. The header is split on `;` only and each pair on its first `=`, so a value holding
 //! `,` or `=` stays whole, and a pair that is not UTF-8 never hides the others.
 
+use super::scan::{has_byte, skip_words};
+
 /// One `name=value` pair of a `Cookie` header, both trimmed of spaces and tabs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CookiePair<'a> {
@@ -60,21 +62,9 @@ pub fn pairs(header: &[u8]) -> impl Iterator<Item = CookiePair<'_>> {
     })
 }
 
-/// The first `;` in `s`: eight bytes at a time (the classic zero-byte test on the bytes
-/// XOR-ed with `;`), then byte by byte for the tail.
+/// The first `;` in `s`, eight bytes at a time ([`super::scan`]).
 pub(crate) fn find_semicolon(s: &[u8]) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    const SEMI: u64 = LO * b';' as u64;
-    let mut at = 0;
-    for chunk in s.chunks_exact(8) {
-        let word: [u8; 8] = chunk.try_into().unwrap_or_default();
-        let x = u64::from_le_bytes(word) ^ SEMI;
-        if x.wrapping_sub(LO) & !x & HI != 0 {
-            break;
-        }
-        at += 8;
-    }
+    let at = skip_words(s, |w| has_byte(w, b';'));
     s[at..].iter().position(|&b| b == b';').map(|i| at + i)
 }
 

@@ -104,32 +104,19 @@ pub fn check_request<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Whether `bytes` hold a CR, an LF or a NUL, eight bytes at a time ([`crate::policy::scan`]).
+fn has_cr_lf_nul(bytes: &[u8]) -> bool {
+    use crate::policy::scan::{has_byte, has_byte_below, skip_words};
+    let at = skip_words(bytes, |w| {
+        has_byte_below(w, 1) | has_byte(w, b'\r') | has_byte(w, b'\n')
+    });
+    bytes[at..].iter().any(|&b| matches!(b, b'\r' | b'\n' | 0))
+}
+
 /// Removes an offer to upgrade to cleartext HTTP/2 (`Upgrade: h2c`): an upstream that accepted it
 /// would get a raw HTTP/2 tunnel whose responses the cookie filter never sees (h2c smuggling).
 /// The request goes on as plain HTTP/1.1, as if the offer had been declined; other upgrades
 /// (WebSocket) are untouched.
-/// Whether `bytes` hold a CR, an LF or a NUL: eight bytes at a time (a word has a zero byte
-/// when `(w - 0x01..) & !w & 0x80..` is not zero; XOR-ing it with CR or LF in every byte turns
-/// those into zero bytes), then the tail byte by byte.
-fn has_cr_lf_nul(bytes: &[u8]) -> bool {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    const CR: u64 = LO * b'\r' as u64;
-    const LF: u64 = LO * b'\n' as u64;
-    let has_zero = |w: u64| w.wrapping_sub(LO) & !w & HI != 0;
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-        if has_zero(w) || has_zero(w ^ CR) || has_zero(w ^ LF) {
-            return true;
-        }
-    }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&b| matches!(b, b'\r' | b'\n' | 0))
-}
-
 fn decline_h2c_upgrade(headers: &mut HeaderMap) {
     let h2c = headers.get_all(header::UPGRADE).iter().any(|v| {
         v.as_bytes()
