@@ -4,6 +4,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::policy::consent::{ConsentSpec, Format, Source};
+use crate::policy::recent::Recent;
 use crate::policy::request_cookies::all_pairs;
 
 /// SHA-256 (hex) of the consent cookie's value as sent; for Complianz, of the `name=value` pairs
@@ -31,47 +32,15 @@ pub fn consent_digest<'h>(
     }
 }
 
-/// Consent values remembered per thread with their digests: a visitor's consent value comes
-/// back with each of their requests, and most sites see few distinct values.
-const MEMO_VALUES: usize = 8;
-/// Longer values are hashed each time (a real consent value is a few hundred bytes at most).
-const MEMO_MAX_VALUE: usize = 512;
-
-/// The last [`MEMO_VALUES`] values hashed on this thread, replaced in turn.
-#[derive(Default)]
-struct Memo {
-    entries: Vec<(Box<[u8]>, [u8; 64])>,
-    next: usize,
-}
-
 thread_local! {
-    static MEMO: std::cell::RefCell<Memo> = std::cell::RefCell::default();
+    /// The consent values this thread hashed lately, with their digests ([`Recent`]): a
+    /// visitor's consent value comes back with each of their requests.
+    static MEMO: std::cell::RefCell<Recent<(), [u8; 64]>> = std::cell::RefCell::default();
 }
 
 /// The hex SHA-256 of one consent value, from [`MEMO`] when it was hashed lately.
 fn value_digest(value: &[u8]) -> [u8; 64] {
-    let hash = |v: &[u8]| hex64(&Sha256::digest(v).into());
-    if value.len() > MEMO_MAX_VALUE {
-        return hash(value);
-    }
-    let remembered = MEMO.try_with(|memo| {
-        let mut memo = memo.borrow_mut();
-        if let Some((_, d)) = memo.entries.iter().find(|(v, _)| **v == *value) {
-            return *d;
-        }
-        let d = hash(value);
-        let entry = (Box::<[u8]>::from(value), d);
-        if memo.entries.len() < MEMO_VALUES {
-            memo.entries.push(entry);
-        } else {
-            let at = memo.next;
-            memo.entries[at] = entry;
-            memo.next = (at + 1) % MEMO_VALUES;
-        }
-        d
-    });
-    // (Fails only while the thread exits.)
-    remembered.unwrap_or_else(|_| hash(value))
+    Recent::through(&MEMO, (), value, || hex64(&Sha256::digest(value).into()))
 }
 
 /// Lowercase hex of a SHA-256 digest.
@@ -118,7 +87,7 @@ mod tests {
     fn remembered_digests_are_the_digests_of_their_values() {
         // More distinct values than are remembered, in turns, then each again; and values
         // that differ only in their last byte or length, and one too long to remember.
-        let values: Vec<Vec<u8>> = (0..MEMO_VALUES * 2 + 3)
+        let values: Vec<Vec<u8>> = (0..crate::policy::recent::ENTRIES * 2 + 3)
             .map(|i| format!("%7B%22necessary%22%3Atrue%7D{i}").into_bytes())
             .collect();
         for round in 0..3 {
@@ -130,7 +99,7 @@ mod tests {
                 assert_eq!(value_digest(&v[..v.len() - 1]), plain(&v[..v.len() - 1]));
             }
         }
-        let long = vec![b'a'; MEMO_MAX_VALUE + 1];
+        let long = vec![b'a'; crate::policy::recent::MAX_VALUE + 1];
         assert_eq!(value_digest(&long), plain(&long));
         assert_eq!(value_digest(b""), plain(b""));
     }

@@ -13,6 +13,7 @@ pub mod filter;
 pub mod host;
 pub mod jar;
 pub mod page;
+pub mod recent;
 pub mod registry;
 pub mod request_cookies;
 pub mod scan;

@@ -34,6 +34,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::policy::recent::Recent;
 use crate::policy::request_cookies::CookiePair;
 
 /// How the consent was found, for logs and `explain`.
@@ -161,29 +162,16 @@ impl Format {
     /// by [`ConsentSpec::from_request`] and [`ConsentSpec::from_response`]. A Cookiebot `-1`
     /// decodes to nothing here; [`ConsentSpec::from_value`] grants `cookiebot_outside_region`.
     ///
-    /// Values of at most [`MEMO_MAX_VALUE`] bytes go through a per-thread memo of the last
-    /// [`MEMO_ENTRIES`] values decoded: visitors who made the same choices send the same bytes,
-    /// and a decode (percent-decoding, JSON, a sorted key list) costs ~6,000 instructions where a
-    /// hit costs a comparison and a reference-count increment. The result is the same either
+    /// Values go through the per-thread memo of the last values decoded ([`Recent`], 512 bytes at
+    /// most): visitors who made the same choices send the same bytes, and a decode
+    /// (percent-decoding, JSON, a sorted key list) costs ~6,000 instructions where a hit costs a
+    /// comparison and a reference-count increment. The result is the same either
     /// way: a decoder is a pure function of the format and the bytes.
     pub fn decode(self, value: &[u8]) -> Option<Granted> {
-        if value.len() > MEMO_MAX_VALUE || self == Format::Complianz {
+        if self == Format::Complianz {
             return self.decode_uncached(value);
         }
-        let hit = MEMO
-            .try_with(|m| m.try_borrow().ok().and_then(|m| m.get(self, value)))
-            .ok()
-            .flatten();
-        if let Some(granted) = hit {
-            return granted;
-        }
-        let granted = self.decode_uncached(value);
-        let _ = MEMO.try_with(|m| {
-            if let Ok(mut m) = m.try_borrow_mut() {
-                m.put(self, value, &granted);
-            }
-        });
-        granted
+        Recent::through(&MEMO, self, value, || self.decode_uncached(value))
     }
 
     fn decode_uncached(self, value: &[u8]) -> Option<Granted> {
@@ -200,41 +188,10 @@ impl Format {
     }
 }
 
-/// How many decoded consent values each thread remembers ([`Format::decode`]).
-pub const MEMO_ENTRIES: usize = 8;
-/// Longer consent values are decoded every time, never remembered (a TCF string or a
-/// OneTrust value with a timestamp is one visitor's own; a portal's JSON is ~100 bytes).
-pub const MEMO_MAX_VALUE: usize = 512;
-
-/// The per-thread memo of [`Format::decode`]: the last values decoded, replaced in turn.
-#[derive(Default)]
-struct Memo {
-    entries: Vec<(Format, Box<[u8]>, Option<Granted>)>,
-    next: usize,
-}
-
-impl Memo {
-    /// `Some(result)` when `value` was decoded under `format` before.
-    fn get(&self, format: Format, value: &[u8]) -> Option<Option<Granted>> {
-        self.entries
-            .iter()
-            .find(|(f, v, _)| *f == format && **v == *value)
-            .map(|(_, _, g)| g.clone())
-    }
-
-    fn put(&mut self, format: Format, value: &[u8], granted: &Option<Granted>) {
-        let entry = (format, Box::from(value), granted.clone());
-        if self.entries.len() < MEMO_ENTRIES {
-            self.entries.push(entry);
-        } else if let Some(slot) = self.entries.get_mut(self.next) {
-            *slot = entry;
-            self.next = (self.next + 1) % MEMO_ENTRIES;
-        }
-    }
-}
-
 thread_local! {
-    static MEMO: std::cell::RefCell<Memo> = std::cell::RefCell::new(Memo::default());
+    /// The per-thread memo of [`Format::decode`].
+    static MEMO: std::cell::RefCell<Recent<Format, Option<Granted>>> =
+        std::cell::RefCell::default();
 }
 
 /// Where a host reads consent from (`[consent]` of a registry file, compiled).
@@ -410,7 +367,7 @@ mod tests {
     /// miss, after more distinct values than it remembers.
     #[test]
     fn the_memo_answers_as_the_decoder_does() {
-        let values: Vec<String> = (0..3 * MEMO_ENTRIES)
+        let values: Vec<String> = (0..3 * crate::policy::recent::ENTRIES)
             .map(|i| format!("%7B%22k{i}%22%3Atrue%7D"))
             .chain(["%7B%22a%22%3Atrue%7D".to_owned(), "not json".to_owned()])
             .collect();
