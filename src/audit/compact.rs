@@ -497,12 +497,19 @@ fn put_start(out: &mut Vec<u8>, stamp: Stamp<'_>, time: &mut TimeText, ms: i64, 
 /// Appends the canonical serialization of an encoded `response` record to `out`: the same bytes
 /// as [`super::record::canonical_event`] of the [`ResponseFacts`] it was made from.
 pub fn canonical_response(stamp: Stamp<'_>, draft: &[u8], time: &mut TimeText, out: &mut Vec<u8>) {
+    put_response(stamp, draft, time, out);
+}
+
+/// [`canonical_response`]; returns where in `out` the fields after the stamp begin.
+fn put_response(stamp: Stamp<'_>, draft: &[u8], time: &mut TimeText, out: &mut Vec<u8>) -> usize {
     let f = Fields::of(draft);
     // Room for the record, so that the pushes below never grow `out`: the draft's strings, at
     // most six bytes each escaped, and their keys (a generous bound; more only costs a grow).
     out.reserve(draft.len() * 6 + 512);
     put_start(out, stamp, time, f.time_ms, "response");
+    let from = out.len();
     put_response_fields(&f, out);
+    from
 }
 
 /// Drafts longer than this are not remembered by [`ResponseWriter`].
@@ -539,11 +546,7 @@ impl ResponseWriter {
             out.extend_from_slice(&self.rest);
             return;
         }
-        let f = Fields::of(draft);
-        out.reserve(draft.len() * 6 + 512);
-        put_start(out, stamp, &mut self.time, f.time_ms, "response");
-        let from = out.len();
-        put_response_fields(&f, out);
+        let from = put_response(stamp, draft, &mut self.time, out);
         self.key.clear();
         self.rest.clear();
         if draft.len() <= MEMO_MAX_DRAFT {
