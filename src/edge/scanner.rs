@@ -563,10 +563,6 @@ impl<T> HeadCheck<T> {
         )
     }
 
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
     pub fn get_mut(&mut self) -> &mut T {
         &mut self.inner
     }

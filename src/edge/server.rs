@@ -538,10 +538,6 @@ impl<T> GateIo<T> {
         )
     }
 
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
     pub fn get_mut(&mut self) -> &mut T {
         &mut self.inner
     }
