@@ -504,6 +504,9 @@ done
 RESULTS=$RUN/results.tsv
 : > "$RESULTS"
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"; }
+load_errors() { # RESULT-LINE -> connect + read + write + non-2xx/3xx + timeout errors
+  echo $(( $(field err_connect "$1") + $(field err_read "$1") + $(field err_write "$1") + $(field err_status "$1") + $(field err_timeout "$1") ))
+}
 # load URL DURATION OUTFILE: runs the load generator, leaves a wrk-style RESULT line in OUTFILE.
 load() {
   if [ "$LOADGEN" = wrk ]; then
@@ -554,7 +557,7 @@ for round in $(seq 1 "$ROUNDS"); do
         printf '%s\t%s\t%s\t0\t0\t0\t-1\t%s\t%s\t%s\t-1\t-1\n' "$round" "$t" "$path" "$hwm" "$other" "$load1" >> "$RESULTS"
         continue
       fi
-      errs=$(( $(field err_connect "$line") + $(field err_read "$line") + $(field err_write "$line") + $(field err_status "$line") + $(field err_timeout "$line") ))
+      errs=$(load_errors "$line")
       # CPU time of the target's own processes per request, in microseconds (clock ticks are 1/CLK_TCK s).
       cpu_us=$(awk -v d=$((own1 - own0)) -v hz="$(getconf CLK_TCK)" -v n="$(field requests "$line")" \
         'BEGIN{ if (n > 0 && d >= 0) printf "%.1f", d * 1e6 / hz / n; else print -1 }')
@@ -655,8 +658,7 @@ if [ "$AUDIT_PAIRED" -gt 0 ] && [ -n "${ROOT[gateway]:-}" ] && [ -n "${ROOT[gate
         LOAD_ERRORS=$((LOAD_ERRORS + 1)); continue
       fi
       for l in "$loff" "$lon"; do
-        e=$(( $(field err_connect "$l") + $(field err_read "$l") + $(field err_write "$l") + $(field err_status "$l") + $(field err_timeout "$l") ))
-        [ "$e" = 0 ] || LOAD_ERRORS=$((LOAD_ERRORS + 1))
+        [ "$(load_errors "$l")" = 0 ] || LOAD_ERRORS=$((LOAD_ERRORS + 1))
       done
       awk -v r="$round" -v p="$path" -v hz="$hz" -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v w=$((w1 - w0)) \
           -v na="$(field requests "$loff")" -v nb="$(field requests "$lon")" \
